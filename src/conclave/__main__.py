@@ -1,0 +1,5 @@
+"""``python -m conclave``: the same as the ``conclave`` script."""
+
+from conclave.cli import main
+
+main()

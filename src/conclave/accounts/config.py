@@ -1,0 +1,57 @@
+"""Per-account terms: sizing limits, risk levels and protections; frozen, unknown keys refused.
+
+Defaults follow the risk-manager agent's (`RiskManagerParams`) for the levels and
+freqtrade's protections for the floor: ``MaxDrawdown`` (the drawdown halt level),
+``StoplossGuard`` (``stoploss_streak`` losing trades in a row pause the account for
+``stoploss_pause_bars`` bars) and ``CooldownPeriod`` (``cooldown_bars`` bars without a new
+entry after a losing trade).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from conclave.agents.base import AccountRisk
+
+
+class AccountConfig(BaseModel):
+    """Sizing limits and risk settings of one paper account (fractions of equity)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_position_fraction: float = Field(0.25, gt=0.0, le=1.0)
+    min_order_notional: float = Field(10.0, ge=0.0)
+    drawdown_limits: tuple[float, float, float] = (0.05, 0.10, 0.20)
+    daily_loss_limits: tuple[float, float, float] = (0.02, 0.03, 0.05)
+    max_exposure: float = Field(3.0, gt=0.0)
+    warn_multiplier: float = Field(0.75, ge=0.0, le=1.0)
+    reduce_multiplier: float = Field(0.5, ge=0.0, le=1.0)
+    hysteresis: float = Field(0.02, ge=0.0, lt=1.0)
+    stoploss_streak: int = Field(3, ge=1, le=100)
+    stoploss_pause_bars: int = Field(12, ge=0, le=10_000)
+    cooldown_bars: int = Field(2, ge=0, le=10_000)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AccountConfig:
+        for name in ("drawdown_limits", "daily_loss_limits"):
+            w, r, h = getattr(self, name)
+            if not 0 < w <= r <= h < 1:
+                raise ValueError(f"{name} must satisfy 0 < warn <= reduce <= halt < 1")
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON form (tuples as lists)."""
+        return self.model_dump(mode="json")
+
+    def agent_risk(self, blocked_reason: str = "") -> AccountRisk:
+        """The levels the risk-manager agent applies to this account."""
+        return AccountRisk(
+            drawdown_limits=self.drawdown_limits,
+            daily_loss_limits=self.daily_loss_limits,
+            max_exposure=self.max_exposure,
+            warn_multiplier=self.warn_multiplier,
+            reduce_multiplier=self.reduce_multiplier,
+            blocked_reason=blocked_reason,
+        )

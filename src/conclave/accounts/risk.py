@@ -1,0 +1,139 @@
+"""An account's risk from its equity curve, its levels, halts with hysteresis, protections.
+
+Pure functions, no I/O, no clock (times are bar times, ms UTC):
+
+- `assess`: equity now, peak equity (the curve's maximum so far, never the starting
+  balance), drawdown from that peak, loss today (against the equity at 00:00 UTC, i.e. the
+  last point at or before the day's start, else the first point of the day), gross
+  exposure, and the level (``ok``/``warn``/``reduce``/``halt``) by the account's limits.
+- `transition`: an ``active`` account at level ``halt`` becomes ``halted``; a ``halted``
+  one becomes ``active`` again only once drawdown AND loss today are back below their halt
+  limits by the ``hysteresis`` band (or by hand, `AccountService.resume`). A ``paused``
+  account (paused by hand) is left alone. Every change comes with its reason.
+- `after_trade`: freqtrade's protections on each closing trade: a losing trade starts a
+  cooldown of ``cooldown_bars`` without new entries; ``stoploss_streak`` losses in a row
+  pause new orders for ``stoploss_pause_bars`` bars; a winning trade resets the streak.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from conclave.accounts.config import AccountConfig
+from conclave.timeframes import DAY_MS
+
+LEVELS = ("ok", "warn", "reduce", "halt")
+Status = Literal["active", "paused", "halted"]
+
+
+@dataclass(frozen=True, slots=True)
+class RiskSnapshot:
+    """The account's risk at one bar; fractions in [0, 1], money in the quote currency."""
+
+    equity: float
+    peak_equity: float
+    drawdown: float
+    loss_today: float
+    exposure: float
+    level: str
+    reason: str
+
+
+def _level(x: float, limits: tuple[float, float, float]) -> int:
+    return sum(1 for lim in limits if x >= lim)
+
+
+def start_of_day(times: Sequence[int], equity: Sequence[float], t_ms: int) -> float | None:
+    """Equity at 00:00 UTC of ``t_ms``'s day: last point at or before it, else the day's first."""
+    day = (t_ms // DAY_MS) * DAY_MS
+    before = [e for t, e in zip(times, equity, strict=True) if t <= day]
+    if before:
+        return before[-1]
+    today = [e for t, e in zip(times, equity, strict=True) if day < t <= t_ms]
+    return today[0] if today else None
+
+
+def assess(
+    times: Sequence[int],
+    equity: Sequence[float],
+    *,
+    exposure: float,
+    config: AccountConfig,
+    starting_balance: float,
+) -> RiskSnapshot:
+    """Risk at the last point of the curve (``times`` ascending; empty: a fresh account)."""
+    if not equity:
+        return RiskSnapshot(
+            starting_balance, starting_balance, 0.0, 0.0, 0.0, "ok", "no equity history yet"
+        )
+    now, peak = equity[-1], max(equity)
+    dd = min(1.0, max(0.0, 1.0 - now / peak)) if peak > 0 else 1.0
+    sod = start_of_day(times, equity, times[-1])
+    loss = min(1.0, max(0.0, 1.0 - now / sod)) if sod else 0.0
+    lv = max(_level(dd, config.drawdown_limits), _level(loss, config.daily_loss_limits))
+    over = now <= 0 or exposure > config.max_exposure * now
+    if over:
+        lv = max(lv, 2)
+    bits = []
+    if dd > 0:
+        bits.append(f"drawdown {dd:.2%} from peak {peak:.2f}")
+    if loss > 0:
+        bits.append(f"loss today {loss:.2%}")
+    if over:
+        bits.append(f"exposure {exposure:.2f} above {config.max_exposure} x equity")
+    return RiskSnapshot(
+        now, peak, dd, loss, exposure, LEVELS[lv], "; ".join(bits) or "within limits"
+    )
+
+
+def transition(status: Status, risk: RiskSnapshot, config: AccountConfig) -> tuple[Status, str]:
+    """The account's status after ``risk`` and why ("" when it does not change)."""
+    if status == "active" and risk.level == "halt":
+        return "halted", f"halt: {risk.reason}"
+    if status == "halted":
+        dd_ok = risk.drawdown < config.drawdown_limits[2] - config.hysteresis
+        loss_ok = risk.loss_today < config.daily_loss_limits[2] - config.hysteresis
+        if dd_ok and loss_ok:
+            return "active", (
+                f"recovered past the hysteresis band ({config.hysteresis:.2%}): drawdown"
+                f" {risk.drawdown:.2%}, loss today {risk.loss_today:.2%}"
+            )
+    return status, ""
+
+
+@dataclass(frozen=True, slots=True)
+class Protections:
+    """Losing trades in a row, and until when (bar time, ms) orders or entries are blocked."""
+
+    loss_streak: int = 0
+    paused_until_ms: int | None = None
+    cooldown_until_ms: int | None = None
+
+    def blocks(self, side: str, t_ms: int) -> str:
+        """Why an order of ``side`` at ``t_ms`` is blocked ("" when it is not)."""
+        if self.paused_until_ms is not None and t_ms < self.paused_until_ms:
+            return f"stop-loss streak guard: paused until bar time {self.paused_until_ms}"
+        if side == "BUY" and self.cooldown_until_ms is not None and t_ms < self.cooldown_until_ms:
+            return "cooldown after a losing trade: no new entry yet"
+        return ""
+
+
+def after_trade(
+    state: Protections, pnl: float, t_ms: int, bar_ms: int, config: AccountConfig
+) -> tuple[Protections, str]:
+    """Protections after a closing trade with realised ``pnl`` at ``t_ms``; and what started."""
+    if pnl >= 0:
+        return Protections(0, state.paused_until_ms, state.cooldown_until_ms), ""
+    streak = state.loss_streak + 1
+    cooldown = t_ms + config.cooldown_bars * bar_ms
+    if streak >= config.stoploss_streak:
+        until = t_ms + config.stoploss_pause_bars * bar_ms
+        why = (
+            f"stop-loss streak guard: {streak} losing trades in a row, paused for"
+            f" {config.stoploss_pause_bars} bars"
+        )
+        return Protections(0, until, cooldown), why
+    why = f"cooldown: losing trade ({pnl:.2f}), no new entry for {config.cooldown_bars} bars"
+    return Protections(streak, state.paused_until_ms, cooldown), why

@@ -1,0 +1,371 @@
+"""The ``conclave`` command line: a root app with one sub-app per area (``data`` for now).
+
+This is an edge: settings are loaded here once, logging is configured here, and the clock is
+read here (``now_ms``) and passed down. Every expected failure prints one red line: bad input
+and bad settings exit 2, failures of a source exit 1; no tracebacks for either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from conclave.errors import ConclaveError, ConfigurationError, InvalidRequestError
+from conclave.logging import configure_logging
+from conclave.market.candles import Candles
+from conclave.market.gateway import MarketGateway
+from conclave.market.sources import open_source
+from conclave.market.sources.base import MAX_LIMIT, check_symbol
+from conclave.market.store import CandleStore, UpdateResult
+from conclave.market.validation import ValidationReport, check_fresh
+from conclave.settings import Settings, load_settings
+from conclave.timeframes import Timeframe
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="conclave",
+    help="Conclave: multi-agent crypto trading signals.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(
+    help="Market data: fetch candles into the local store, inspect a source.",
+    no_args_is_help=True,
+)
+app.add_typer(data_app, name="data")
+
+SOURCE_HELP = (
+    "binance, ccxt:EXCHANGE, file:PATH, sim or sim:SEED (default: CONCLAVE_MARKET__SOURCE)"
+)
+
+
+def wall_clock_ms() -> int:
+    """Now, in ms since the epoch (UTC): the one clock the CLI reads."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class CliState:
+    """What every command receives from the root callback."""
+
+    settings: Settings
+    now_ms: Callable[[], int]
+    out: Console
+    err: Console
+
+
+def _fail(err: Console, message: str, code: int) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _run(state: CliState, coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro``; turn an expected failure into one red line and an exit code."""
+    try:
+        return asyncio.run(coro)
+    except InvalidRequestError as exc:
+        _fail(state.err, f"--{exc.field}: {exc}", 2)
+    except ConfigurationError as exc:
+        _fail(state.err, str(exc), 2)
+    except ConclaveError as exc:
+        _fail(state.err, f"{exc} [{exc.reason}]", 1)
+    except OSError as exc:
+        _fail(state.err, f"{type(exc).__name__}: {exc}", 1)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    env_file: Annotated[
+        Path, typer.Option("--env-file", help="Settings file read after the environment.")
+    ] = Path(".env"),
+) -> None:
+    """Load settings once and configure logging for whichever command runs."""
+    err = Console(stderr=True)
+    try:
+        settings = load_settings(env_file)
+    except ConfigurationError as exc:
+        _fail(err, str(exc), 2)
+    configure_logging(settings.log_level, settings.log_json)
+    ctx.obj = CliState(settings=settings, now_ms=wall_clock_ms, out=Console(), err=err)
+
+
+def _parse_instant(value: str, field: str) -> int:
+    """An ISO 8601 date or date-time (UTC unless it says otherwise) as ms since the epoch."""
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidRequestError(
+            f"not an ISO 8601 date or date-time: {value!r} (e.g. 2024-01-31T12:00)", field=field
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return round(dt.timestamp() * 1000)
+
+
+def _iso(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _check_series(settings: Settings, spec: str, symbol: str, timeframe: str) -> Timeframe:
+    """Validate symbol and timeframe before any I/O; files may hold any symbol or interval."""
+    check_symbol(symbol)
+    tf = Timeframe.parse(timeframe)
+    if not spec.startswith("file:"):
+        market = settings.market
+        if symbol not in market.symbols:
+            raise InvalidRequestError(
+                f"symbol {symbol} is not in the allowlist (CONCLAVE_MARKET__SYMBOLS):"
+                f" {', '.join(market.symbols)}",
+                field="symbol",
+            )
+        if tf.name not in market.timeframes:
+            raise InvalidRequestError(
+                f"timeframe {tf} is not in the allowlist (CONCLAVE_MARKET__TIMEFRAMES):"
+                f" {', '.join(market.timeframes)}",
+                field="timeframe",
+            )
+    return tf
+
+
+# -- data show -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Shown:
+    candles: Candles
+    report: ValidationReport
+    as_of_ms: int
+    fresh: bool
+
+
+async def _load_for_show(
+    state: CliState, spec: str, symbol: str, timeframe: str, limit: int | None, as_of: str | None
+) -> _Shown:
+    tf = _check_series(state.settings, spec, symbol, timeframe)
+    as_of_ms = state.now_ms() if as_of is None else _parse_instant(as_of, "as-of")
+    # a file is shown whole unless a limit is given; a live source shows its newest 500 bars
+    n = limit if limit is not None else (MAX_LIMIT if spec.startswith("file:") else 500)
+    source = open_source(spec, state.settings, now_ms=state.now_ms)
+    gateway = MarketGateway(source, resample="fetch")
+    try:
+        snap = await gateway.snapshot(symbol, tf, limit=n, as_of_ms=as_of_ms, require_fresh=False)
+    finally:
+        await gateway.aclose()
+    candles = snap.base.relabel(source=snap.source)
+    try:
+        check_fresh(candles, as_of_ms)
+        fresh = True
+    except ConclaveError:
+        fresh = False
+    return _Shown(candles, snap.reports[tf.name], as_of_ms, fresh)
+
+
+def _summary(shown: _Shown, spec: str) -> dict[str, Any]:
+    c, r = shown.candles, shown.report
+    return {
+        "rows": r.rows,
+        "first_open_ms": c.first_open_ms,
+        "last_open_ms": c.last_open_ms,
+        "gaps": r.gaps.count,
+        "missing_bars": r.gaps.missing_bars,
+        "source": spec,
+        "simulated": c.simulated,
+        "symbol": c.symbol,
+        "timeframe": c.timeframe.name,
+        "as_of_ms": shown.as_of_ms,
+        "fresh": shown.fresh,
+        "duplicates_merged": r.duplicates_merged,
+        "rejected": len(r.rejected),
+        "dropped_unclosed": r.dropped_unclosed,
+    }
+
+
+def _print_show(out: Console, shown: _Shown, spec: str, tail: int) -> None:
+    s = _summary(shown, spec)
+    if s["simulated"]:
+        out.print("[bold black on yellow] SIMULATED [/] data from the simulator, not a market")
+    table = Table(title=f"{s['symbol']} {s['timeframe']} from {spec}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    rows = [
+        ("source", spec + ("  (SIMULATED)" if s["simulated"] else "")),
+        ("rows", f"{s['rows']:,}"),
+        ("first open (UTC)", _iso(s["first_open_ms"])),
+        ("last open (UTC)", _iso(s["last_open_ms"])),
+        ("gaps", f"{s['gaps']:,}"),
+        ("missing bars", f"{s['missing_bars']:,}"),
+        ("duplicates merged", str(s["duplicates_merged"])),
+        ("rejected rows", str(s["rejected"])),
+        ("dropped unclosed", str(s["dropped_unclosed"])),
+        ("as of (UTC)", _iso(s["as_of_ms"])),
+        ("fresh", "yes" if s["fresh"] else "[yellow]no (stale: no signal from it)[/]"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    out.print(table)
+    last = shown.candles.tail(tail)
+    if len(last):
+        bars = Table(title=f"last {len(last)} candles")
+        for name in ("open (UTC)", "open", "high", "low", "close", "volume"):
+            bars.add_column(name, justify="right")
+        for i in range(len(last)):
+            bars.add_row(
+                _iso(int(last.open_time[i]))[:16].replace("T", " "),
+                *(f"{float(getattr(last, k)[i]):,.8g}" for k in ("open", "high", "low", "close")),
+                f"{float(last.volume[i]):,.4f}",
+            )
+        out.print(bars)
+
+
+@data_app.command("show")
+def show(
+    ctx: typer.Context,
+    symbol: Annotated[str, typer.Option("--symbol", help="Symbol, upper case (BTCUSDT).")],
+    timeframe: Annotated[str, typer.Option("--timeframe", help="Timeframe, e.g. 1h, 4h, 1d.")],
+    source: Annotated[str | None, typer.Option("--source", help=SOURCE_HELP)] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Newest N bars (default: whole file, or 500).")
+    ] = None,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Point in time, ISO 8601 (default: now).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    tail: Annotated[int, typer.Option("--tail", help="Candles to list.")] = 5,
+) -> None:
+    """Show rows, first and last open time, gaps and missing bars of one series."""
+    state: CliState = ctx.obj
+    spec = source or state.settings.market.source
+    shown = _run(state, _load_for_show(state, spec, symbol, timeframe, limit, as_of))
+    if as_json:
+        typer.echo(json.dumps(_summary(shown, spec)))
+    else:
+        _print_show(state.out, shown, spec, tail)
+
+
+# -- data fetch ----------------------------------------------------------------------------
+
+
+async def _fetch_all(
+    state: CliState,
+    spec: str,
+    series: list[tuple[str, Timeframe]],
+    store: CandleStore,
+    since_ms: int | None,
+    backfill: int,
+) -> list[UpdateResult]:
+    source = open_source(spec, state.settings, now_ms=state.now_ms)
+    results: list[UpdateResult] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    try:
+        with Progress(*columns, TimeElapsedColumn(), console=state.err) as progress:
+            for symbol, tf in series:
+                task = progress.add_task(f"{symbol} {tf} pages", total=None)
+
+                def advance(done: int, total: int, task: Any = task) -> None:
+                    progress.update(task, completed=done, total=total)
+
+                result = await store.update(
+                    source, symbol, tf, now_ms=state.now_ms(), since_ms=since_ms,
+                    backfill_bars=backfill, on_progress=advance,
+                )  # fmt: skip
+                progress.update(
+                    task, completed=max(result.requests, 1), total=max(result.requests, 1)
+                )
+                results.append(result)
+    finally:
+        await source.aclose()
+    return results
+
+
+@data_app.command("fetch")
+def fetch(
+    ctx: typer.Context,
+    symbol: Annotated[list[str], typer.Option("--symbol", help="Symbol; repeat for more.")],
+    timeframe: Annotated[list[str], typer.Option("--timeframe", help="Timeframe; repeat.")],
+    source: Annotated[str | None, typer.Option("--source", help=SOURCE_HELP)] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Start here (ISO 8601) when nothing is stored.")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", help="Bars to backfill when nothing is stored and no --since.")
+    ] = 1000,
+    store_dir: Annotated[
+        Path | None,
+        typer.Option("--store", help="Store directory (default: CONCLAVE_MARKET__STORE_DIR)."),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Download candles into the local store, adding only bars newer than those stored."""
+    state: CliState = ctx.obj
+    spec = source or state.settings.market.source
+    if fmt not in ("parquet", "csv"):
+        _fail(state.err, f"--format: expected parquet or csv, got {fmt!r}", 2)
+    if limit < 1:
+        _fail(state.err, f"--limit: must be at least 1, got {limit}", 2)
+
+    async def checked() -> list[UpdateResult]:
+        series = [(s, _check_series(state.settings, spec, s, t)) for s in symbol for t in timeframe]
+        since_ms = None if since is None else _parse_instant(since, "since")
+        store = CandleStore(store_dir or state.settings.market.store_dir, suffix=f".{fmt}")
+        return await _fetch_all(state, spec, series, store, since_ms, limit)
+
+    results = _run(state, checked())
+    if as_json:
+        series = [
+            {**asdict(r), "path": str(r.path)} | {"simulated": spec.startswith("sim")}
+            for r in results
+        ]
+        typer.echo(json.dumps({"source": spec, "series": series}))
+        return
+    table = Table(
+        title=f"candles from {spec}" + ("  (SIMULATED)" if spec.startswith("sim") else "")
+    )
+    for name in (
+        "symbol",
+        "tf",
+        "added",
+        "rows",
+        "requests",
+        "first open (UTC)",
+        "last open (UTC)",
+    ):
+        table.add_column(name, justify="right" if name in ("added", "rows", "requests") else "left")
+    for r in results:
+        table.add_row(
+            r.symbol, r.timeframe, f"{r.added:,}", f"{r.rows:,}", str(r.requests),
+            _iso(r.first_open_ms)[:16], _iso(r.last_open_ms)[:16],
+        )  # fmt: skip
+    state.out.print(table)
+    if results:
+        where = results[0].path.parent
+        state.out.print(f"stored under {where}; read it back with --source file:{where}")
+
+
+def main() -> None:
+    """Entry point of the ``conclave`` script."""
+    app()
+
+
+# `conclave run` lives in its own module; importing it registers the command on `app`.
+from conclave import cli_accounts as _cli_accounts  # noqa: E402, F401
+from conclave import cli_agents as _cli_agents  # noqa: E402, F401
+from conclave import cli_run as _cli_run  # noqa: E402, F401
+from conclave import cli_scheduler as _cli_scheduler  # noqa: E402, F401
+from conclave import cli_serve as _cli_serve  # noqa: E402, F401

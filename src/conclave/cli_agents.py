@@ -1,0 +1,131 @@
+"""``conclave agent serve`` and ``conclave agents start|stop|health``.
+
+``agent serve NAME`` runs one agent's HTTP service in the foreground (uvicorn, the port from
+``CONCLAVE_AGENTS__PORTS`` unless ``--port``). ``agents start`` runs the nine in the
+background, records them and waits for their health; ``agents stop`` stops exactly the
+recorded processes; ``agents health`` prints a table. Each exits non-zero when any agent
+failed or is down. Registered on the root app by `conclave.cli`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from conclave.cli import CliState, _fail, app
+from conclave.services.agent_app import unknown_agent_message
+from conclave.settings import AGENT_NAMES
+
+agent_cli = typer.Typer(help="One agent as an HTTP service.", no_args_is_help=True)
+agents_cli = typer.Typer(
+    help="The nine agent services as background processes.", no_args_is_help=True
+)
+app.add_typer(agent_cli, name="agent")
+app.add_typer(agents_cli, name="agents")
+
+ONLY_HELP = "Only this agent; repeat for more (default: all nine)."
+
+
+def _check_names(state: CliState, names: list[str] | None) -> list[str] | None:
+    # one INFO line per health probe from the HTTP client would drown the table
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    for name in names or []:
+        if name not in AGENT_NAMES:
+            _fail(state.err, unknown_agent_message(name), 2)
+    return names or None
+
+
+@agent_cli.command("serve")
+def serve(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The agent, e.g. market-structure.")],
+    port: Annotated[int | None, typer.Option("--port", help="Port (default: its own).")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Interface to bind.")] = None,
+) -> None:
+    """Serve one agent: GET /health, GET /info, POST /run."""
+    from conclave.services.agent_main import serve as serve_agent
+
+    state: CliState = ctx.obj
+    settings = state.settings
+    if name not in AGENT_NAMES:
+        _fail(state.err, unknown_agent_message(name), 2)
+    if port is not None and not 0 < port < 65536:
+        _fail(state.err, f"--port: must be 1 to 65535, got {port}", 2)
+    serve_agent(
+        name,
+        settings,
+        port=port or settings.agents.ports[name],
+        host=host or settings.agents.host,
+        now_ms=state.now_ms,
+    )
+
+
+@agents_cli.command("start")
+def start(
+    ctx: typer.Context,
+    only: Annotated[list[str] | None, typer.Option("--only", help=ONLY_HELP)] = None,
+) -> None:
+    """Start the agent services in the background and wait until each is healthy."""
+    from conclave.services.procs import pidfile_path, start_agents
+
+    state: CliState = ctx.obj
+    results = start_agents(state.settings, _check_names(state, only))
+    table = Table(title="agent services")
+    for col in ("agent", "url", "status", "pid", "detail"):
+        table.add_column(col, overflow="fold")
+    for r in results:
+        colour = "red" if r.status == "failed" else "green"
+        table.add_row(r.name, r.url, f"[{colour}]{r.status}[/]", str(r.pid or "-"), r.error)
+    state.out.print(table)
+    state.out.print(f"recorded in {pidfile_path(state.settings)}; logs in "
+                    f"{state.settings.logs_dir}/<agent>.log")  # fmt: skip
+    failed = [r.name for r in results if r.status == "failed"]
+    if failed:
+        _fail(state.err, f"failed to start: {', '.join(failed)}", 1)
+
+
+@agents_cli.command("stop")
+def stop(
+    ctx: typer.Context,
+    only: Annotated[list[str] | None, typer.Option("--only", help=ONLY_HELP)] = None,
+) -> None:
+    """Stop exactly the recorded services: SIGTERM, then SIGKILL after the stop timeout."""
+    from conclave.services.procs import stop_recorded
+
+    state: CliState = ctx.obj
+    results = stop_recorded(state.settings, _check_names(state, only))
+    if not results:
+        state.out.print("no recorded agent services")
+        return
+    for r in results:
+        state.out.print(f"{r.name:<20} pid {r.pid:<8} {r.outcome}")
+    stuck = [r.name for r in results if r.outcome == "survived"]
+    if stuck:
+        _fail(state.err, f"still running after SIGKILL: {', '.join(stuck)}", 1)
+
+
+@agents_cli.command("health")
+def health(
+    ctx: typer.Context,
+    only: Annotated[list[str] | None, typer.Option("--only", help=ONLY_HELP)] = None,
+) -> None:
+    """Print each service's health; exit 1 when any is down."""
+    from conclave.services.procs import health_table
+
+    state: CliState = ctx.obj
+    rows = health_table(state.settings, _check_names(state, only))
+    table = Table(title="agent services")
+    for col in ("agent", "url", "status", "latency ms", "pid", "detail"):
+        right = col in ("latency ms", "pid")
+        table.add_column(col, justify="right" if right else "left", no_wrap=col != "detail")
+    for r in rows:
+        status = "[green]ok[/]" if r.status == "ok" else "[red]down[/]"
+        latency = "-" if r.latency_ms is None else f"{r.latency_ms:.1f}"
+        table.add_row(r.name, r.url, status, latency, str(r.pid or "-"), r.error)
+    state.out.print(table)
+    down = [r.name for r in rows if r.status != "ok"]
+    if down:
+        _fail(state.err, f"down: {', '.join(down)}", 1)

@@ -1,0 +1,267 @@
+"""``conclave serve``, ``conclave up`` and ``conclave demo``: the orchestrator as a server.
+
+- ``serve`` runs the orchestrator API (port 4000 by default) in the foreground; agents run
+  in process or over HTTP as the settings say.
+- ``up`` is local microservice mode: it starts the nine agent services, then the
+  orchestrator with ``USE_HTTP_AGENTS=true``, prints the URLs and waits; Ctrl-C (or
+  SIGTERM) stops the orchestrator and exactly the agent processes it started.
+- ``demo`` (what ``make run`` calls) serves in monolithic mode, asks itself for one run
+  over real HTTP, prints the decision (labelled SIMULATED on sim data) and the URLs to
+  try, and keeps serving until Ctrl-C (``--once`` stops after the run, for tests).
+
+All three stop gracefully: uvicorn finishes in-flight requests for up to
+`GRACEFUL_SHUTDOWN_S` seconds, then the app's lifespan closes the store and clients.
+Registered on the root app by `conclave.cli`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Generator
+from typing import Annotated, Any
+
+import typer
+import uvicorn
+from rich.console import Console
+
+from conclave.cli import CliState, _fail, app
+from conclave.errors import ConclaveError
+from conclave.settings import AGENT_NAMES, Settings
+
+#: Seconds uvicorn gives in-flight requests on shutdown (RELIABILITY.md: 5-10 s).
+GRACEFUL_SHUTDOWN_S = 5
+#: Seconds to wait for the orchestrator to bind and open its store.
+START_TIMEOUT_S = 30.0
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that does not re-raise the signal that stopped it.
+
+    uvicorn re-raises a captured SIGINT/SIGTERM after shutting down, which would kill the
+    process before ``up`` stops its agents; here the caller decides what happens next.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        stop = (signal.SIGINT, signal.SIGTERM)
+        originals = {sig: signal.signal(sig, self.handle_exit) for sig in stop}
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
+
+    @property
+    def port(self) -> int | None:
+        """The port actually bound (useful with ``--port 0``), once started."""
+        for server in getattr(self, "servers", []):
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        return None
+
+
+def _server(settings: Settings, now_ms: Callable[[], int], host: str, port: int) -> _Server:
+    from conclave.services.api import create_app
+
+    config = uvicorn.Config(
+        create_app(settings, now_ms=now_ms),
+        host=host,
+        port=port,
+        log_config=None,  # conclave.logging is configured at the edge already
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        lifespan="on",
+    )
+    return _Server(config)
+
+
+async def _started(server: _Server, task: asyncio.Task[None]) -> int:
+    """Wait until ``server`` listens; its port. Raises `RuntimeError` if it stopped instead."""
+    async with asyncio.timeout(START_TIMEOUT_S):
+        while not server.started:
+            if task.done() or server.should_exit:
+                raise RuntimeError("the orchestrator stopped during start-up (see the log above)")
+            await asyncio.sleep(0.05)
+    port = server.port
+    if port is None:
+        raise RuntimeError("the orchestrator is not listening")
+    return port
+
+
+def _urls(out: Console, host: str, port: int) -> None:
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    out.print("\n[bold]Try:[/]")
+    for path, what in (
+        ("/docs", "OpenAPI, try every endpoint in the browser"),
+        ("/pipeline/runs", "recorded runs, newest first"),
+        ("/agents", "each agent's mode, URL and health"),
+        ("/health", "the orchestrator and its dependencies"),
+    ):
+        out.print(f"  {base}{path:<16} {what}", highlight=False, soft_wrap=True)
+    out.print(
+        f"  curl -s -X POST {base}/pipeline/run -H 'Content-Type: application/json' "
+        """-d '{"symbol":"BTCUSDT","timeframe":"1h"}'""",
+        highlight=False,
+        soft_wrap=True,
+    )
+    out.print("Ctrl-C stops it.\n")
+
+
+def _serve_blocking(state: CliState, settings: Settings, host: str, port: int) -> None:
+    server = _server(settings, state.now_ms, host, port)
+    try:
+        asyncio.run(server.serve())
+    except SystemExit:  # uvicorn exits when it cannot bind or its start-up fails
+        _fail(state.err, f"the orchestrator could not start on {host}:{port} (see above)", 1)
+
+
+@app.command("serve")
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option("--host", help="Default: CONCLAVE_API__HOST.")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Default: CONCLAVE_API__PORT.")] = None,
+) -> None:
+    """Run the orchestrator API (POST /pipeline/run, /docs) in the foreground."""
+    state: CliState = ctx.obj
+    s = state.settings
+    _serve_blocking(state, s, host or s.api.host, s.api.port if port is None else port)
+
+
+# -- demo (make run) -----------------------------------------------------------------------
+
+
+def summary_lines(run: dict[str, Any]) -> list[str]:
+    """A few plain lines about a run's wire form: the decision first, SIMULATED when so."""
+    d = run.get("decision", {})
+    steps = run.get("steps", {})
+    ok = sum(1 for s in steps.values() if s.get("meta", {}).get("status") == "ok")
+    label = "SIMULATED " if run.get("simulated") else ""
+    lines = [
+        f"{label}decision: {d.get('action') or 'NO DECISION'} (status {d.get('status')},"
+        f" strength {d.get('strength', 0.0):.2f}, tradable {'yes' if d.get('tradable') else 'no'})",
+        f"reason: {d.get('reason')}",
+        f"run {run.get('runId')}: {run.get('symbol')} {run.get('timeframe')} as of"
+        f" {run.get('asOf')}, source {run.get('source')}, {ok}/{len(steps)} agents ok",
+    ]
+    if run.get("degraded"):
+        lines.append(f"degraded: missing {', '.join(run.get('missingAgents', []))}")
+    if run.get("simulated"):
+        lines.append("SIMULATED: data from the simulator, not a market; not a trading signal.")
+    return lines
+
+
+async def _demo(
+    state: CliState, settings: Settings, host: str, port: int, symbol: str, tf: str, once: bool
+) -> None:
+    import httpx2
+
+    server = _server(settings, state.now_ms, host, port)
+    task = asyncio.create_task(server.serve())
+    try:
+        bound = await _started(server, task)
+        base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{bound}"
+        state.out.print(f"orchestrator (monolithic, agents in process) at {base}")
+        async with httpx2.AsyncClient(base_url=base, timeout=30.0) as client:
+            answer = await client.post("/pipeline/run", json={"symbol": symbol, "timeframe": tf})
+        if answer.status_code != 201:
+            raise RuntimeError(f"POST /pipeline/run answered {answer.status_code}: {answer.text}")
+        run = answer.json()
+        state.out.print(
+            f"\nPOST /pipeline/run -> {answer.status_code}", highlight=False, soft_wrap=True
+        )
+        for line in summary_lines(run):
+            state.out.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+        state.out.print(
+            f"  read it back: {base}/pipeline/runs/{run['runId']}", highlight=False, soft_wrap=True
+        )
+        _urls(state.out, host, bound)
+    except BaseException:
+        server.should_exit = True
+        with contextlib.suppress(BaseException):
+            await task
+        raise
+    if once:
+        server.should_exit = True
+    await task
+
+
+@app.command("demo")
+def demo(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option("--host", help="Default: CONCLAVE_API__HOST.")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Default: CONCLAVE_API__PORT.")] = None,
+    symbol: Annotated[str, typer.Option("--symbol", help="Symbol of the first run.")] = "BTCUSDT",
+    timeframe: Annotated[str, typer.Option("--timeframe", help="Its timeframe.")] = "1h",
+    once: Annotated[bool, typer.Option("--once", help="Stop after the first run.")] = False,
+) -> None:
+    """Serve in monolithic mode, run the pipeline once, print it and the URLs to try."""
+    state: CliState = ctx.obj
+    s = state.settings
+    settings = s.model_copy(
+        update={"use_http_agents": False, "agents": s.agents.model_copy(update={"http": {}})}
+    )
+    try:
+        asyncio.run(
+            _demo(
+                state,
+                settings,
+                host or s.api.host,
+                s.api.port if port is None else port,
+                symbol,
+                timeframe,
+                once,
+            )
+        )
+    except (RuntimeError, TimeoutError, ConclaveError, OSError) as exc:
+        _fail(state.err, f"demo failed: {exc or type(exc).__name__}", 1)
+    except SystemExit:
+        _fail(state.err, "the orchestrator could not start (see above; is the port in use?)", 1)
+
+
+# -- up (local microservice mode) ----------------------------------------------------------
+
+
+@app.command("up")
+def up(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option("--host", help="Default: CONCLAVE_API__HOST.")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Default: CONCLAVE_API__PORT.")] = None,
+) -> None:
+    """Start the nine agent services and the orchestrator over them; Ctrl-C stops all."""
+    from conclave.services import procs
+
+    state: CliState = ctx.obj
+    s = state.settings
+    settings = s.model_copy(update={"use_http_agents": True})
+    bind_host, bind_port = host or s.api.host, s.api.port if port is None else port
+    state.out.print(f"starting the {len(AGENT_NAMES)} agent services ...")
+    results = procs.start_agents(settings, AGENT_NAMES)
+    # stop exactly what this command started; services that were already up stay up
+    mine = [r.name for r in results if r.status == "started"]
+    try:
+        for r in results:
+            colour = {"started": "green", "already_running": "yellow"}.get(r.status, "red")
+            state.out.print(
+                f"  [{colour}]{r.status:<15}[/] {r.name:<20} {r.url}"
+                + (f"  {r.error}" if r.error else ""),
+                highlight=False,
+                soft_wrap=True,
+            )
+        failed = [r.name for r in results if r.status == "failed"]
+        if failed:
+            _fail(state.err, f"agent service(s) did not start: {', '.join(failed)}", 1)
+        state.out.print("dashboard: not part of this version yet")
+        _urls(state.out, bind_host, bind_port)
+        _serve_blocking(state, settings, bind_host, bind_port)
+    finally:
+        if mine:
+            stopped = procs.stop_recorded(settings, mine)
+            left = [r.name for r in stopped if r.outcome == "survived"]
+            if left:
+                state.err.print(f"[red]still running:[/] {', '.join(left)}")
+        state.out.print(f"stopped the orchestrator and {len(mine)} agent service(s)")

@@ -1,0 +1,1 @@
+"""Market data: the candles type, its validation, sources, cache and the gateway."""

@@ -1,0 +1,184 @@
+"""The market gateway: everything one pipeline run reads about one symbol, point in time.
+
+`MarketGateway.snapshot` fetches each (symbol, timeframe) once, always with ``end`` = the
+open time of the bar in progress at ``as_of_ms``, so the answer depends only on its arguments
+and is the same for every ``as_of_ms`` inside one bar (and is therefore cacheable),
+validates every window against ``as_of_ms`` (the still-open bar is dropped, stale data
+refused) and returns an immutable `MarketSnapshot`.
+
+Higher timeframes are either fetched from the source or resampled from the base timeframe.
+The ``"auto"`` policy resamples when the base timeframe tiles the higher one and the base
+history needed, ``(higher_limit + 2) * ratio + 1`` bars (one spare bucket for a partial first
+bucket, one for the still-open bucket, one for the still-open base bar), is at most
+``max(limit, max_resample_bars)``: then one base request (one Binance page by default) serves
+both. Otherwise the higher timeframe is one more request, which is cheaper than paging
+through many base bars.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Literal
+
+from conclave.errors import InvalidRequestError
+from conclave.market.cache import CachedSource, CandleCache
+from conclave.market.candles import Candles
+from conclave.market.resample import resample
+from conclave.market.sources.base import MAX_LIMIT, CandleSource, check_limit, check_symbol
+from conclave.market.validation import ValidationReport, find_gaps, validate
+from conclave.timeframes import Timeframe
+
+ResamplePolicy = Literal["auto", "fetch", "resample"]
+
+
+@dataclass(frozen=True, slots=True)
+class MarketSnapshot:
+    """Validated, closed candles of one symbol by timeframe name, as of ``as_of_ms``.
+
+    ``timeframe`` is the base timeframe; ``resampled`` names the higher timeframes built
+    from it rather than fetched. ``simulated`` is true for sim data, which must be labelled.
+    """
+
+    symbol: str
+    timeframe: str
+    as_of_ms: int
+    candles: Mapping[str, Candles]
+    reports: Mapping[str, ValidationReport]
+    source: str
+    simulated: bool
+    resampled: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def base(self) -> Candles:
+        """The candles of the base timeframe."""
+        return self.candles[self.timeframe]
+
+
+def _trim(candles: Candles, report: ValidationReport, n: int) -> tuple[Candles, ValidationReport]:
+    """The newest ``n`` bars with rows and gaps recounted for that window."""
+    if len(candles) <= n:
+        return candles, report
+    out = candles.tail(n)
+    return out, replace(report, rows=len(out), gaps=find_gaps(out))
+
+
+class MarketGateway:
+    """Serves `MarketSnapshot`s from a source, optionally through a cache.
+
+    ``cache`` wraps the source in a `CachedSource` (entries live at most ``cache_ttl_s`` and
+    one bar). ``resample`` is ``"auto"`` (see the module docstring), ``"fetch"`` (every
+    timeframe from the source) or ``"resample"`` (every higher timeframe the base tiles is
+    built from the base, however much base history that takes).
+    """
+
+    def __init__(
+        self,
+        source: CandleSource,
+        *,
+        cache: CandleCache | None = None,
+        cache_ttl_s: float = 30.0,
+        resample: ResamplePolicy = "auto",
+        max_resample_bars: int = 1000,
+    ) -> None:
+        if resample not in ("auto", "fetch", "resample"):
+            raise ValueError(f"unknown resample policy {resample!r}")
+        self.source: CandleSource = (
+            source if cache is None else CachedSource(source, cache, ttl_s=cache_ttl_s)
+        )
+        self._policy = resample
+        self._max_resample_bars = max_resample_bars
+
+    def _resample_plan(
+        self, base: Timeframe, higher: Sequence[Timeframe], limit: int, higher_limit: int
+    ) -> tuple[int, list[Timeframe]]:
+        """Base bars to fetch and the higher timeframes to resample from them."""
+        base_limit = min(limit + 1, MAX_LIMIT)  # the newest bar may still be open at as_of
+        planned: list[Timeframe] = []
+        if self._policy == "fetch":
+            return base_limit, planned
+        for tf in higher:
+            if tf.is_monthly or not base.divides(tf):
+                continue
+            needed = (higher_limit + 2) * (tf.ms // base.ms) + 1
+            if self._policy == "resample" or needed <= max(limit, self._max_resample_bars):
+                planned.append(tf)
+                base_limit = min(max(base_limit, needed), MAX_LIMIT)
+        return base_limit, planned
+
+    async def snapshot(
+        self,
+        symbol: str,
+        timeframe: Timeframe | str,
+        *,
+        higher: Sequence[Timeframe | str] = (),
+        limit: int,
+        higher_limit: int | None = None,
+        as_of_ms: int,
+        require_fresh: bool = True,
+    ) -> MarketSnapshot:
+        """The newest ``limit`` closed bars of ``timeframe`` (and ``higher_limit``, by default
+        ``limit``, of each higher timeframe) as of ``as_of_ms`` ms UTC.
+
+        Raises `StaleDataError` when the data is stale and ``require_fresh`` is set, and
+        `InvalidRequestError` (before any I/O) for a bad symbol, timeframe or limit.
+        """
+        check_symbol(symbol)
+        base = Timeframe.parse(timeframe)
+        check_limit(limit)
+        n_higher = check_limit(limit if higher_limit is None else higher_limit)
+        highers: list[Timeframe] = []
+        for value in higher:
+            tf = Timeframe.parse(value)
+            if tf == base or tf in highers:
+                continue  # each (symbol, timeframe) once, however often it is listed
+            if tf.ms <= base.ms:
+                raise InvalidRequestError(
+                    f"higher timeframe {tf} is not above the base timeframe {base}",
+                    field="higher",
+                )
+            highers.append(tf)
+
+        base_limit, resampled = self._resample_plan(base, highers, limit, n_higher)
+        fetched = [tf for tf in highers if tf not in resampled]
+        requests = [(base, base_limit)] + [(tf, min(n_higher + 1, MAX_LIMIT)) for tf in fetched]
+        results = await asyncio.gather(
+            # end = the open of the bar in progress at as_of: exactly the closed bars, and a
+            # key that stays the same for every as_of inside one bar (so the cache hits)
+            *(self.source.get_candles(symbol, tf, n, tf.floor(as_of_ms)) for tf, n in requests),
+            return_exceptions=True,
+        )
+        raw: dict[Timeframe, Candles] = {}
+        for (tf, _), result in zip(requests, results, strict=True):
+            if isinstance(result, BaseException):  # base first, so its error is the one raised
+                raise result
+            raw[tf] = result
+
+        candles: dict[str, Candles] = {}
+        reports: dict[str, ValidationReport] = {}
+        base_full, base_report = validate(raw[base], as_of_ms, require_fresh=require_fresh)
+        candles[base.name], reports[base.name] = _trim(base_full, base_report, limit)
+        for tf in highers:
+            if tf in resampled:
+                built = resample(base_full, tf, as_of_ms=as_of_ms, trim_leading=True)
+                out, report = validate(built, as_of_ms, require_fresh=require_fresh)
+            else:
+                out, report = validate(raw[tf], as_of_ms, require_fresh=require_fresh)
+            candles[tf.name], reports[tf.name] = _trim(out, report, n_higher)
+
+        return MarketSnapshot(
+            symbol=symbol,
+            timeframe=base.name,
+            as_of_ms=as_of_ms,
+            candles=MappingProxyType(candles),
+            reports=MappingProxyType(reports),
+            source=self.source.name,
+            simulated=self.source.simulated,
+            resampled=frozenset(tf.name for tf in resampled),
+        )
+
+    async def aclose(self) -> None:
+        """Close the source (and the cache, when the gateway owns one)."""
+        await self.source.aclose()

@@ -1,0 +1,1 @@
+"""News: headline sources and the sentiment scorer used by the news-sentiment agent."""

@@ -1,0 +1,244 @@
+"""What one pipeline run knows (`PipelineContext`) and what each step answered (`StepResult`).
+
+A `PipelineContext` holds everything the agents of one run read: the account, symbol,
+timeframe and point in time, the closed candles of the `MarketSnapshot` by timeframe, the
+news and the account state. `PipelineContext.input_for` cuts it to one agent's own lookback
+(``Agent.lookback``), so an agent sees exactly the window the backtester gives it at the
+same bar and the live result equals the backtester's value bit for bit.
+
+A `StepResult` is one agent's answer as the orchestrator records it. A step that did not
+give a usable answer (error, timeout, stale or insufficient data, values out of range) has
+``score`` and ``confidence`` ``None``: it is never counted as a score of 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from conclave.agents.base import AccountState, Agent, AgentInput, AgentResult, Headline
+from conclave.agents.plain import wire_answer
+from conclave.market.candles import Candles
+from conclave.market.gateway import MarketSnapshot
+from conclave.timeframes import Timeframe
+
+StepStatus = Literal["ok", "insufficient_data", "stale_data", "error", "timeout"]
+STEP_STATUSES: tuple[StepStatus, ...] = (
+    "ok",
+    "insufficient_data",
+    "stale_data",
+    "error",
+    "timeout",
+)
+
+
+class AccountReader(Protocol):
+    """An account's state as of ``as_of_ms``; raises when it cannot be read."""
+
+    async def read(self, account_id: str, *, as_of_ms: int) -> AccountState: ...
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PipelineContext:
+    """Everything the agents of one run read, point in time (``as_of_ms``, ms UTC).
+
+    ``candles`` maps timeframe names to closed candles (the run's ``timeframe`` and the
+    higher ones). ``news`` None means no news source; ``news_error`` says why reading the
+    configured one failed (the news agent's step then fails with that reason).
+    """
+
+    account_id: str | None
+    symbol: str
+    timeframe: str
+    as_of_ms: int
+    candles: Mapping[str, Candles]
+    news: Sequence[Headline] | None = None
+    news_error: str = ""
+    account: AccountState = field(default_factory=AccountState.fresh)
+    source: str = ""
+    simulated: bool = False
+
+    @classmethod
+    def from_snapshot(
+        cls,
+        snapshot: MarketSnapshot,
+        *,
+        account_id: str | None,
+        news: Sequence[Headline] | None = None,
+        news_error: str = "",
+        account: AccountState | None = None,
+    ) -> PipelineContext:
+        """A context over ``snapshot``'s candles (fresh account state unless given)."""
+        return cls(
+            account_id=account_id,
+            symbol=snapshot.symbol,
+            timeframe=snapshot.timeframe,
+            as_of_ms=snapshot.as_of_ms,
+            candles=dict(snapshot.candles),
+            news=news,
+            news_error=news_error,
+            account=account if account is not None else AccountState.fresh(),
+            source=snapshot.source,
+            simulated=snapshot.simulated,
+        )
+
+    @property
+    def base(self) -> Candles:
+        """The candles of the run's timeframe."""
+        return self.candles[self.timeframe]
+
+    def input_for(self, agent: Agent) -> AgentInput:
+        """The input ``agent`` sees: its own lookback of bars and only what it declares."""
+        return self.input(InputPlan.of(agent, self.timeframe))
+
+    def input(self, plan: InputPlan) -> AgentInput:
+        """The input described by ``plan`` (see `InputPlan.of`); the bars are views."""
+        higher: dict[str, Candles] = {}
+        for i, tf in enumerate(plan.higher):
+            got = self.candles.get(tf)
+            if got is not None:
+                higher[tf] = got.tail(plan.higher_bars[i]) if plan.higher_bars else got
+        return AgentInput(
+            symbol=self.symbol,
+            timeframe=self.timeframe,
+            as_of_ms=self.as_of_ms,
+            candles=self.base.tail(plan.lookback),
+            higher=higher,
+            news=self.news if plan.news else None,
+            account=self.account if plan.account else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InputPlan:
+    """What one agent reads on one timeframe: bars, higher timeframes, news, account.
+
+    ``higher_bars`` gives, per entry of ``higher``, how many of the newest bars of that
+    timeframe to pass; empty passes them whole (see `higher_bars`).
+    """
+
+    lookback: int
+    higher: tuple[str, ...]
+    news: bool
+    account: bool
+    higher_bars: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, agent: Agent, timeframe: str) -> InputPlan:
+        """``agent``'s declarations resolved for a run on ``timeframe``."""
+        needs = agent.needs
+        lookback = agent.lookback(timeframe)
+        higher = needs.higher_timeframes(timeframe)
+        bars = higher_bars(timeframe, higher, lookback) if needs.higher_in_lookback else ()
+        return cls(lookback, higher, needs.news, needs.account, bars)
+
+
+def higher_bars(timeframe: str, higher: Sequence[str], lookback: int) -> tuple[int, ...]:
+    """Bars of each of ``higher`` that cover ``lookback`` bars of ``timeframe``, with room.
+
+    For an agent whose higher bars lie within the span of its lookback window
+    (``Needs.higher_in_lookback``): the bars overlapping that span (at most
+    ``ceil(span / bar) + 1``), a tenth more for calendar months shorter than the nominal 30
+    days, and one more for a higher bar closed after the run's last bar. Passing only these
+    leaves the agent's result unchanged (tests/services/test_parity.py checks it) and cuts
+    multi-timeframe's request on 1h from 75 KB to 32 KB (4h: 109 bars, 1d: 20, not 399).
+    """
+    span = lookback * Timeframe.parse(timeframe).ms
+    out: list[int] = []
+    for name in higher:
+        per = -(-span // Timeframe.parse(name).ms)  # ceil
+        out.append(per + per // 10 + 2)
+    return tuple(out)
+
+
+def valid_values(score: object, confidence: object) -> bool:
+    """True when ``score`` is a finite number in [-1, 1] and ``confidence`` one in [0, 100]."""
+    for value, lo, hi in ((score, -1.0, 1.0), (confidence, 0.0, 100.0)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if not (math.isfinite(value) and lo <= value <= hi):
+            return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """One agent's recorded answer; ``score``/``confidence`` are None unless it succeeded.
+
+    ``status`` is ``ok``, ``insufficient_data``, ``stale_data``, ``error`` or ``timeout``;
+    ``error`` is the reason for any other status (empty when ok). ``duration_ms`` is the
+    wall time the runner spent on the step (queueing in an executor included).
+    """
+
+    agent: str
+    status: StepStatus
+    score: float | None
+    confidence: float | None
+    payload: dict[str, Any]
+    duration_ms: float
+    version: str = ""
+    timestamp: str = ""
+    as_of: str | None = None
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when the step succeeded with finite, in-range values."""
+        return self.status == "ok" and valid_values(self.score, self.confidence)
+
+    @classmethod
+    def failed(
+        cls,
+        agent: str,
+        status: StepStatus,
+        reason: str,
+        *,
+        duration_ms: float = 0.0,
+        timestamp: str = "",
+        version: str = "",
+        as_of: str | None = None,
+    ) -> StepResult:
+        """A step without a usable answer (``status`` other than ok), with why."""
+        if status == "ok":
+            raise ValueError("a failed step needs a status other than 'ok'")
+        return cls(agent, status, None, None, {}, duration_ms, version, timestamp, as_of, reason)
+
+    @classmethod
+    def from_result(cls, result: AgentResult, *, duration_ms: float | None = None) -> StepResult:
+        """Record an `AgentResult`; out-of-range or non-finite values make it an error."""
+        took = result.duration_ms if duration_ms is None else duration_ms
+        meta = (result.version, result.timestamp, result.as_of)
+        if result.status != "ok":
+            reason = result.reason or result.status
+            return cls.failed(result.agent, result.status, reason, duration_ms=took,
+                              version=meta[0], timestamp=meta[1], as_of=meta[2])  # fmt: skip
+        if not valid_values(result.score, result.confidence) or not isinstance(
+            result.payload, dict
+        ):
+            reason = (
+                f"invalid_output: score {result.score!r} must lie in [-1, 1] and confidence"
+                f" {result.confidence!r} in [0, 100], payload an object"
+            )
+            return cls.failed(result.agent, "error", reason, duration_ms=took,
+                              version=meta[0], timestamp=meta[1], as_of=meta[2])  # fmt: skip
+        return cls(
+            agent=result.agent,
+            status="ok",
+            score=float(result.score),
+            confidence=float(result.confidence),
+            payload=result.payload,
+            duration_ms=took,
+            version=result.version,
+            timestamp=result.timestamp,
+            as_of=result.as_of,
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        """``{"score", "confidence", "payload", "meta": {...}}`` in the seed's shape."""
+        return wire_answer(
+            self.score, self.confidence, self.payload,
+            agent=self.agent, version=self.version, duration_ms=round(self.duration_ms, 3),
+            timestamp=self.timestamp, as_of=self.as_of, status=self.status, reason=self.error,
+        )  # fmt: skip

@@ -1,0 +1,306 @@
+"""The decision: a weighted, confidence-aware combination of the analysis agents' steps.
+
+`decide` is a pure function of the steps and a `DecisionConfig`. Over the *healthy*
+directional agents (status ok, score finite in [-1, 1], confidence finite in [0, 100]):
+
+    contribution_i = w_i * (confidence_i / 100) * score_i / sum_j w_j
+    conviction     = sum_i contribution_i                                  in [-1, 1]
+
+so an agent's pull is its score scaled by how sure it is: a confidence of 0 adds nothing
+to the numerator but still counts in the denominator, pulling conviction toward 0. Failed
+agents are left out of both sums (never counted as a score of 0).
+
+    agreement  = |sum w_i c_i s_i| / sum w_i c_i |s_i|     (1: all on one side, 0: cancel)
+    confidence = 100 * (sum w_i c_i / 100 / sum w_i) * agreement                 in [0, 100]
+
+Action: BUY when conviction >= ``buy_threshold``, SELL when <= -``sell_threshold``, else
+HOLD. Strength: ``min(1, |conviction| / strong_threshold)`` for BUY/SELL, 0 for HOLD.
+Size multiplier: strength x the volatility-regime's ``size_multiplier`` (``volatility_fallback``
+when that step failed) x the risk manager's ``size_multiplier``.
+
+Gates, in order: fewer healthy analysis agents than ``quorum`` -> status ``failed``,
+reason ``insufficient_agents``, no action (RELIABILITY C6); risk manager missing, failed or
+with an invalid verdict -> action ``BLOCKED``, never tradable (C5); risk veto
+(``allowed`` false) -> HOLD, not tradable, the risk manager's reason. Any failed or missing
+step marks the decision degraded and names it (C1, C4).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from conclave.pipeline.context import StepResult
+
+#: The nine agents in registry order; the first eight are the analysis agents.
+ALL_AGENTS: tuple[str, ...] = (
+    "market-structure",
+    "order-flow",
+    "momentum",
+    "volatility-regime",
+    "news-sentiment",
+    "multi-timeframe",
+    "pattern-recognition",
+    "statistical-edge",
+    "risk-manager",
+)
+RISK_AGENT = "risk-manager"
+SIZING_AGENT = "volatility-regime"
+ANALYSIS_AGENTS: tuple[str, ...] = tuple(a for a in ALL_AGENTS if a != RISK_AGENT)
+DIRECTIONAL_AGENTS: tuple[str, ...] = tuple(a for a in ANALYSIS_AGENTS if a != SIZING_AGENT)
+
+Action = Literal["BUY", "SELL", "HOLD", "BLOCKED"]
+DecisionStatus = Literal["ok", "blocked", "failed", "no_signal"]
+
+
+class DecisionConfig(BaseModel):
+    """Weights, thresholds and quorum of the decision; frozen, unknown keys are errors.
+
+    ``weights`` maps directional agents to a weight >= 0 (missing ones weigh 1.0; the
+    volatility-regime and risk-manager are not directional and take none). Thresholds
+    apply to conviction in [-1, 1]; ``quorum`` counts healthy analysis agents (of 8).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    weights: dict[str, float] = Field(default_factory=dict)
+    buy_threshold: float = Field(0.15, gt=0.0, le=1.0)
+    sell_threshold: float = Field(0.15, gt=0.0, le=1.0)
+    strong_threshold: float = Field(0.5, gt=0.0, le=1.0)
+    quorum: int = Field(6, ge=1, le=len(ANALYSIS_AGENTS))
+    volatility_fallback: float = Field(0.5, ge=0.0, le=1.0)
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _known_agents(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        for key, w in value.items():
+            if key not in DIRECTIONAL_AGENTS:
+                if key in ALL_AGENTS:
+                    raise ValueError(f"agent {key!r} is not directional and takes no weight")
+                near = difflib.get_close_matches(str(key), DIRECTIONAL_AGENTS, n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                raise ValueError(f"unknown agent {key!r} in weights{hint}")
+            if isinstance(w, int | float) and not (math.isfinite(w) and w >= 0):
+                raise ValueError(f"weight of {key!r} must be a finite number >= 0, got {w!r}")
+        return {a: float(value.get(a, 1.0)) for a in DIRECTIONAL_AGENTS}
+
+    @model_validator(mode="after")
+    def _coherent(self) -> DecisionConfig:
+        if self.strong_threshold < max(self.buy_threshold, self.sell_threshold):
+            raise ValueError("strong_threshold must be at least the buy and sell thresholds")
+        if sum(self.weight(a) for a in DIRECTIONAL_AGENTS) <= 0:
+            raise ValueError("at least one directional agent needs a weight above 0")
+        return self
+
+    def weight(self, agent: str) -> float:
+        """The weight of ``agent`` (0 for the non-directional ones)."""
+        if agent not in DIRECTIONAL_AGENTS:
+            return 0.0
+        return self.weights.get(agent, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    """One agent's part in the decision; ``contribution`` is None when the step failed."""
+
+    agent: str
+    status: str
+    weight: float
+    score: float | None
+    confidence: float | None
+    contribution: float | None
+
+    def to_wire(self) -> dict[str, Any]:
+        """Plain JSON form."""
+        return {
+            "status": self.status,
+            "weight": self.weight,
+            "score": self.score,
+            "confidence": self.confidence,
+            "contribution": self.contribution,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the run concluded. ``action`` is None when no decision was made (status failed
+    or no_signal); ``tradable`` is true only for BUY/SELL with a size above 0."""
+
+    status: DecisionStatus
+    action: Action | None
+    reason: str
+    strength: float = 0.0
+    conviction: float | None = None
+    confidence: float | None = None
+    size_multiplier: float = 0.0
+    tradable: bool = False
+    degraded: bool = False
+    missing_agents: tuple[str, ...] = ()
+    healthy_analysis: int = 0
+    quorum: int = 0
+    contributions: tuple[Contribution, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def no_signal(cls, reason: str, missing: tuple[str, ...], *, quorum: int) -> Decision:
+        """No decision because the data could not be used (stale data, source down)."""
+        return cls("no_signal", None, reason, degraded=True, missing_agents=missing,
+                   quorum=quorum)  # fmt: skip
+
+    def to_wire(self) -> dict[str, Any]:
+        """camelCase JSON form."""
+        return {
+            "status": self.status,
+            "action": self.action,
+            "strength": self.strength,
+            "conviction": self.conviction,
+            "confidence": self.confidence,
+            "sizeMultiplier": self.size_multiplier,
+            "tradable": self.tradable,
+            "degraded": self.degraded,
+            "missingAgents": list(self.missing_agents),
+            "reason": self.reason,
+            "quorum": {"healthy": self.healthy_analysis, "required": self.quorum},
+            "contributions": {c.agent: c.to_wire() for c in self.contributions},
+        }
+
+
+def _multiplier(step: StepResult | None) -> float | None:
+    """The step's payload ``size_multiplier`` when the step is healthy and it is in [0, 1]."""
+    if step is None or not step.ok:
+        return None
+    m = step.payload.get("size_multiplier")
+    if isinstance(m, bool) or not isinstance(m, int | float):
+        return None
+    return float(m) if math.isfinite(m) and 0.0 <= m <= 1.0 else None
+
+
+def _risk_verdict(step: StepResult | None) -> tuple[bool, float, str] | None:
+    """(allowed, size multiplier, reason) from a healthy risk step, else None."""
+    mult = _multiplier(step)
+    if step is None or mult is None or not isinstance(step.payload.get("allowed"), bool):
+        return None
+    return bool(step.payload["allowed"]), mult, str(step.payload.get("reason", ""))
+
+
+def _usable(agent: str, step: StepResult | None) -> bool:
+    """Healthy, and for the sizing and risk agents with a valid multiplier and verdict."""
+    if step is None or not step.ok:
+        return False
+    if agent == SIZING_AGENT:
+        return _multiplier(step) is not None
+    if agent == RISK_AGENT:
+        return _risk_verdict(step) is not None
+    return True
+
+
+def _why(step: StepResult | None) -> str:
+    if step is None:
+        return "no result"
+    if not step.ok:
+        return f"{step.status}: {step.error}" if step.error else step.status
+    return "invalid verdict (allowed must be a boolean, size_multiplier in [0, 1])"
+
+
+def _contribution(
+    agent: str,
+    step: StepResult | None,
+    usable: bool,
+    config: DecisionConfig,
+    parts: Mapping[str, float],
+) -> Contribution:
+    w = config.weight(agent)
+    if step is None:
+        return Contribution(agent, "missing", w, None, None, None)
+    if not usable:
+        status = "invalid_output" if step.status == "ok" else step.status
+        return Contribution(agent, status, w, None, None, None)
+    return Contribution(agent, "ok", w, step.score, step.confidence, parts.get(agent, 0.0))
+
+
+def decide(steps: Mapping[str, StepResult], config: DecisionConfig) -> Decision:
+    """Combine the steps into one `Decision` (formula and gates in the module docstring)."""
+    usable = {a: _usable(a, steps.get(a)) for a in ALL_AGENTS}
+    missing = tuple(a for a in ALL_AGENTS if not usable[a])
+    healthy = [a for a in ANALYSIS_AGENTS if usable[a]]
+    degraded = bool(missing)
+
+    directional = [a for a in DIRECTIONAL_AGENTS if a in healthy]
+    total_w = sum(config.weight(a) for a in directional)
+    conf = {a: float(steps[a].confidence or 0.0) for a in directional}  # ok: not None
+    parts = {
+        a: config.weight(a) * (conf[a] / 100.0) * float(steps[a].score or 0.0) / total_w
+        for a in directional
+        if total_w > 0
+    }
+    contributions = tuple(
+        _contribution(a, steps.get(a), usable[a], config, parts) for a in ALL_AGENTS
+    )
+    common: dict[str, Any] = {
+        "degraded": degraded,
+        "missing_agents": missing,
+        "healthy_analysis": len(healthy),
+        "quorum": config.quorum,
+        "contributions": contributions,
+    }
+    if len(healthy) < config.quorum:
+        reason = (
+            f"insufficient_agents: {len(healthy)} of {len(ANALYSIS_AGENTS)} analysis agents"
+            f" healthy, quorum {config.quorum}; missing {', '.join(missing)}"
+        )
+        return Decision("failed", None, reason, **common)
+    if total_w <= 0:
+        reason = "insufficient_agents: no healthy directional agent has a weight above 0"
+        return Decision("failed", None, reason, **common)
+
+    conviction = math.fsum(parts.values())
+    mean_conf = sum(config.weight(a) * conf[a] for a in directional) / total_w
+    spread = math.fsum(abs(p) for p in parts.values())
+    agreement = abs(conviction) / spread if spread > 0 else 0.0
+    confidence = min(100.0, mean_conf * agreement)
+    if conviction >= config.buy_threshold:
+        action: Action = "BUY"
+    elif conviction <= -config.sell_threshold:
+        action = "SELL"
+    else:
+        action = "HOLD"
+    strength = min(1.0, abs(conviction) / config.strong_threshold) if action != "HOLD" else 0.0
+    vol = _multiplier(steps.get(SIZING_AGENT))
+    vol_mult = config.volatility_fallback if vol is None else vol
+    numbers: dict[str, Any] = {"conviction": conviction, "confidence": confidence}
+
+    risk_step = steps.get(RISK_AGENT)
+    verdict = _risk_verdict(risk_step)
+    if verdict is None:
+        reason = f"risk_manager_unavailable: {_why(risk_step)}; never tradable without it"
+        return Decision("blocked", "BLOCKED", reason, **numbers, **common)
+    allowed, risk_mult, risk_reason = verdict
+    if not allowed:
+        reason = f"risk_veto: {risk_reason or 'the risk manager did not allow trading'}"
+        return Decision("ok", "HOLD", reason, **numbers, **common)
+
+    size = strength * vol_mult * risk_mult
+    tradable = action in ("BUY", "SELL") and size > 0
+    bits = [f"conviction {conviction:+.3f}"]
+    if action == "HOLD":
+        bits.append(f"inside the thresholds (-{config.sell_threshold}, {config.buy_threshold})")
+    if vol is None:
+        bits.append(f"volatility-regime unavailable: size x{config.volatility_fallback}")
+    if degraded:
+        bits.append(f"degraded without {', '.join(missing)}")
+    return Decision(
+        "ok",
+        action,
+        "; ".join(bits),
+        strength=strength,
+        size_multiplier=size,
+        tradable=tradable,
+        **numbers,
+        **common,
+    )

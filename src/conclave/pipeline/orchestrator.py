@@ -1,0 +1,298 @@
+"""One pipeline run in process: one market snapshot, the agents, the risk manager, a decision.
+
+`Pipeline.run` fetches ONE `MarketSnapshot` per run through the gateway (each
+(symbol, timeframe) once: the run's timeframe with the longest lookback any agent declares,
+plus the union of the higher timeframes they need), reads news and the account when an
+agent needs them, runs the eight analysis agents (concurrently by default, or one after
+another with ``parallel=False``), then the risk manager, and combines the steps with
+`decide`. Every step is recorded with its status, duration and error.
+
+Data problems never escape as exceptions: stale data or a failing source turn every step
+into a failed one with that reason (``stale_data`` or ``error``) and the decision into
+``no_signal`` with the same reason (RELIABILITY.md B4). Bad input (symbol, timeframe) is
+not a data problem and raises `InvalidRequestError` before any I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Self
+
+from conclave.agents.base import AccountState, Agent, iso_ms
+from conclave.errors import (
+    ExchangeRejectedError,
+    RetryLaterError,
+    SkipStepError,
+    StaleDataError,
+)
+from conclave.market.gateway import MarketGateway, MarketSnapshot
+from conclave.news.sources import NewsSource
+from conclave.pipeline.context import (
+    AccountReader,
+    InputPlan,
+    PipelineContext,
+    StepResult,
+    StepStatus,
+)
+from conclave.pipeline.decision import (
+    ALL_AGENTS,
+    RISK_AGENT,
+    Decision,
+    DecisionConfig,
+    decide,
+)
+from conclave.pipeline.runners import (
+    DEFAULT_EXECUTOR,
+    DEFAULT_TIMEOUT_S,
+    AgentRunner,
+    ExecutorKind,
+    LocalRunner,
+    make_executor,
+)
+from conclave.timeframes import Timeframe
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineRun:
+    """A finished run: its id, what it read, every step and the decision."""
+
+    run_id: str
+    account_id: str | None
+    symbol: str
+    timeframe: str
+    as_of_ms: int
+    simulated: bool
+    source: str
+    steps: Mapping[str, StepResult]
+    decision: Decision
+    duration_ms: float
+    started_at: str
+
+    @property
+    def degraded(self) -> bool:
+        """True when any step failed or is missing."""
+        return self.decision.degraded
+
+    @property
+    def missing_agents(self) -> tuple[str, ...]:
+        """Agents without a usable answer, in registry order."""
+        return self.decision.missing_agents
+
+    def to_wire(self) -> dict[str, Any]:
+        """camelCase JSON form; each step in the seed's shape."""
+        return {
+            "runId": self.run_id,
+            "symbol": self.symbol,
+            "timeframe": self.timeframe,
+            "asOf": iso_ms(self.as_of_ms),
+            "accountId": self.account_id,
+            "simulated": self.simulated,
+            "source": self.source,
+            "steps": {name: step.to_wire() for name, step in self.steps.items()},
+            "decision": self.decision.to_wire(),
+            "degraded": self.degraded,
+            "missingAgents": list(self.missing_agents),
+            "durationMs": round(self.duration_ms, 3),
+        }
+
+
+def default_agents() -> dict[str, Agent]:
+    """The nine agents of the registry with their default parameters."""
+    from conclave.agents import REGISTRY
+
+    return {name: cls() for name, cls in REGISTRY.items()}
+
+
+class Pipeline:
+    """Runs the agents for one account, symbol and timeframe as of a point in time.
+
+    ``agents`` maps names to agents (default: the registry's nine); ``runners`` overrides
+    how a named agent is called (for example over HTTP). Local agents compute on
+    ``executor`` (see `conclave.pipeline.runners`) with ``timeout_s`` each. A run that
+    names no account is assessed as a fresh account; a named account whose state cannot be
+    read (no ``account_reader`` configured, or the reader fails) is not tradable.
+    Close with `aclose` (or use ``async with``) to stop the executor's workers.
+    """
+
+    def __init__(
+        self,
+        gateway: MarketGateway,
+        *,
+        agents: Mapping[str, Agent] | None = None,
+        runners: Mapping[str, AgentRunner] | None = None,
+        news_source: NewsSource | None = None,
+        account_reader: AccountReader | None = None,
+        decision_config: DecisionConfig | None = None,
+        parallel: bool = True,
+        executor: ExecutorKind = DEFAULT_EXECUTOR,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        workers: int | None = None,
+    ) -> None:
+        self.gateway = gateway
+        self.agents: dict[str, Agent] = dict(agents) if agents is not None else default_agents()
+        for name, agent in self.agents.items():
+            if name != agent.name:
+                raise ValueError(f"agent registered as {name!r} is named {agent.name!r}")
+        self.news_source = news_source
+        self.account_reader = account_reader
+        self.config = decision_config or DecisionConfig()
+        self.parallel = parallel
+        self.executor_kind = executor
+        self._executor = make_executor(executor, workers=workers)
+        self.runners: dict[str, AgentRunner] = {
+            name: LocalRunner(agent, timeout_s=timeout_s, executor=self._executor)
+            for name, agent in self.agents.items()
+        }
+        self.runners.update(runners or {})
+        self._plans: dict[tuple[str, str], InputPlan] = {}
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the executor's workers (a hung agent's thread is not waited for)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def _plan(self, name: str, timeframe: str) -> InputPlan:
+        key = (name, timeframe)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = InputPlan.of(self.agents[name], timeframe)
+        return plan
+
+    def plan(self, timeframe: str) -> tuple[int, tuple[str, ...]]:
+        """Bars of ``timeframe`` to fetch (the longest lookback) and the higher timeframes."""
+        limit = max((a.lookback(timeframe) for a in self.agents.values()), default=1)
+        higher: list[str] = []
+        for agent in self.agents.values():
+            higher += [t for t in agent.needs.higher_timeframes(timeframe) if t not in higher]
+        return limit, tuple(higher)
+
+    def higher_limit(self, timeframe: str) -> int | None:
+        """Bars of each higher timeframe to fetch: what the agents that read them use, or
+        None (the base limit) when an agent takes its higher timeframes whole."""
+        counts: list[int] = []
+        for name in self.agents:
+            plan = self._plan(name, timeframe)
+            if plan.higher and not plan.higher_bars:
+                return None
+            counts += plan.higher_bars
+        return max(counts, default=None)
+
+    async def context(self, snapshot: MarketSnapshot, account_id: str | None) -> PipelineContext:
+        """The run's context over ``snapshot``: news and account read when an agent needs them."""
+        news, news_error = None, ""
+        needs_news = any(a.needs.news for a in self.agents.values())
+        if needs_news and self.news_source is not None:
+            from conclave.agents.news_sentiment import base_asset
+
+            try:
+                news = await asyncio.to_thread(
+                    self.news_source.headlines, base_asset(snapshot.symbol), snapshot.as_of_ms
+                )
+            except Exception as exc:  # a failing news source fails the news step only
+                news_error = f"news_source: {type(exc).__name__}: {exc}"
+        account = AccountState.fresh()
+        if account_id is not None and self.account_reader is None:
+            account = AccountState.unreadable(account_id, "no account store is configured")
+        elif account_id is not None and self.account_reader is not None:
+            try:
+                account = await self.account_reader.read(account_id, as_of_ms=snapshot.as_of_ms)
+            except Exception as exc:  # unreadable: the risk manager halts trading
+                account = AccountState.unreadable(account_id, f"{type(exc).__name__}: {exc}")
+        return PipelineContext.from_snapshot(
+            snapshot, account_id=account_id, news=news, news_error=news_error, account=account
+        )
+
+    async def _step(self, name: str, context: PipelineContext, now_iso: str) -> StepResult:
+        runner = self.runners[name]
+        agent = self.agents.get(name)
+        if agent is not None and agent.needs.news and context.news_error:
+            return StepResult.failed(name, "error", context.news_error, timestamp=now_iso)
+        t0 = time.perf_counter()
+        try:
+            if agent is None:
+                raise LookupError(f"no local agent {name!r} to build its input")
+            return await runner.run(context.input(self._plan(name, context.timeframe)),
+                                    now_iso=now_iso)  # fmt: skip
+        except Exception as exc:  # a runner breaking its protocol must not crash the run
+            took = (time.perf_counter() - t0) * 1000.0
+            reason = f"runner: {type(exc).__name__}: {exc}"
+            return StepResult.failed(name, "error", reason, duration_ms=took, timestamp=now_iso)
+
+    async def run_steps(self, context: PipelineContext, *, now_iso: str) -> dict[str, StepResult]:
+        """Every agent's step: the analysis agents (concurrently unless ``parallel`` is
+        false), then the risk manager; keyed in registry order."""
+        analysis = [n for n in self.runners if n != RISK_AGENT]
+        # gathering only helps runners that can overlap (HTTP, a pool); inline agents are
+        # synchronous, and tasks for them would be pure overhead
+        if self.parallel and not all(self._inline(self.runners[n]) for n in analysis):
+            results = await asyncio.gather(*(self._step(n, context, now_iso) for n in analysis))
+        else:
+            results = [await self._step(n, context, now_iso) for n in analysis]
+        steps = dict(zip(analysis, results, strict=True))
+        if RISK_AGENT in self.runners:
+            steps[RISK_AGENT] = await self._step(RISK_AGENT, context, now_iso)
+        order = {n: i for i, n in enumerate(ALL_AGENTS)}
+        return dict(sorted(steps.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+    @staticmethod
+    def _inline(runner: object) -> bool:
+        return isinstance(runner, LocalRunner) and runner.executor is None
+
+    def _all_failed(self, status: StepStatus, reason: str, now_iso: str) -> dict[str, StepResult]:
+        return {n: StepResult.failed(n, status, reason, timestamp=now_iso) for n in self.runners}
+
+    async def run(
+        self,
+        account_id: str | None,
+        symbol: str,
+        timeframe: str,
+        *,
+        as_of_ms: int,
+        now_iso: str,
+    ) -> PipelineRun:
+        """One run as of ``as_of_ms`` (ms UTC); ``now_iso`` stamps the steps.
+
+        Raises `InvalidRequestError` for a bad symbol or timeframe (before any I/O); data
+        problems end in a ``no_signal`` decision instead.
+        """
+        t0 = time.perf_counter()
+        run_id = uuid.uuid4().hex
+        tf = Timeframe.parse(timeframe).name
+        limit, higher = self.plan(tf)
+        source = self.gateway.source
+        try:
+            snapshot = await self.gateway.snapshot(
+                symbol,
+                tf,
+                higher=higher,
+                limit=limit,
+                higher_limit=self.higher_limit(tf),
+                as_of_ms=as_of_ms,
+            )
+        except (SkipStepError, RetryLaterError, ExchangeRejectedError) as exc:
+            status: StepStatus = "stale_data" if isinstance(exc, StaleDataError) else "error"
+            reason = f"{exc.reason}: {exc}"
+            steps = self._all_failed(status, reason, now_iso)
+            decision = Decision.no_signal(reason, ALL_AGENTS, quorum=self.config.quorum)
+            return PipelineRun(
+                run_id, account_id, symbol, tf, as_of_ms, source.simulated, source.name, steps,
+                decision, (time.perf_counter() - t0) * 1000.0, now_iso,
+            )  # fmt: skip
+        context = await self.context(snapshot, account_id)
+        steps = await self.run_steps(context, now_iso=now_iso)
+        decision = decide(steps, self.config)
+        return PipelineRun(
+            run_id, account_id, symbol, tf, as_of_ms, snapshot.simulated, snapshot.source,
+            steps, decision, (time.perf_counter() - t0) * 1000.0, now_iso,
+        )  # fmt: skip

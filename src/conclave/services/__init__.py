@@ -1,0 +1,1 @@
+"""HTTP services: one app factory for the nine agents, the shared HTTP pieces, processes."""

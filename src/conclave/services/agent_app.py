@@ -1,0 +1,295 @@
+"""One FastAPI app factory serves any of the nine agents (ARCHITECTURE.md, wire contract).
+
+``GET /health`` and ``GET /info`` describe the service; ``POST /run`` takes a context (see
+`conclave.services.wire`) and answers exactly the agent's ``AgentResult.to_wire()``:
+
+- data inline: used as given (the orchestrator's `HttpRunner` sends what it fetched);
+- ids only: the service reads the data through its own `MarketGateway` (the configured
+  source, behind the shared Redis cache when ``REDIS_URL`` is set), planned and assembled
+  exactly as the in-process `Pipeline` does: news when a source is configured (none yet),
+  a fresh account when none is named, an unreadable one when one is named (no account
+  store yet). ``asOf`` defaults to now, read at the edge of the app.
+
+``POST /run`` is answered by `RunRoute`, a pure ASGI route in front of FastAPI with the same
+rules and error shapes (FastAPI still documents it and serves everything else).
+
+Symbol and timeframe are checked (pattern, then the allowlists for ids-only contexts)
+before any I/O. Data that cannot give a signal (stale, source down) is answered 200 with
+``meta.status`` ``stale_data`` or ``error`` and the reason, like any other failed step.
+"""
+
+from __future__ import annotations
+
+import difflib
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from conclave.agents import REGISTRY
+from conclave.agents.base import Agent, AgentInput, AgentResult, Status, iso_ms
+from conclave.errors import (
+    AgentError,
+    ExchangeRejectedError,
+    InvalidRequestError,
+    RetryLaterError,
+    SkipStepError,
+    StaleDataError,
+)
+from conclave.market.cache import make_cache
+from conclave.market.gateway import MarketGateway
+from conclave.market.sources import open_source
+from conclave.pipeline.orchestrator import Pipeline
+from conclave.services.http_common import (
+    ApiError,
+    check_json_type,
+    error_of,
+    install_http_common,
+    json_response,
+    parse_json,
+    read_json,
+    send_json,
+)
+from conclave.services.wire import WireContext, WireError, decode_context
+from conclave.settings import Settings
+from conclave.timeframes import Timeframe
+
+ENDPOINTS = {"health": "GET /health", "info": "GET /info", "run": "POST /run"}
+_RUN_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["symbol", "timeframe"],
+    "properties": {
+        "accountId": {"type": ["string", "null"]},
+        "symbol": {"type": "string", "pattern": "^[A-Z0-9]{2,20}$"},
+        "timeframe": {"type": "string"},
+        "asOf": {"type": ["integer", "string"], "description": "ms UTC or ISO 8601"},
+        "candles": {"type": "object", "description": "by timeframe, one array per field"},
+        "news": {"type": ["array", "null"]},
+        "account": {"type": ["object", "null"]},
+    },
+}
+
+
+def wall_clock_ms() -> int:
+    """Now in ms UTC: the clock an agent service reads when none is injected."""
+    return time.time_ns() // 1_000_000
+
+
+def unknown_agent_message(name: str) -> str:
+    """``unknown agent NAME`` with the nearest name and the nine listed."""
+    near = difflib.get_close_matches(name, list(REGISTRY), n=1)
+    hint = f"; did you mean {near[0]}?" if near else ""
+    return f"unknown agent {name[:60]!r}{hint} (one of: {', '.join(REGISTRY)})"
+
+
+def _failed(agent: Agent, status: Status, reason: str, now_iso: str, took_ms: float) -> Any:
+    result = AgentResult(0.0, 0.0, {}, agent.name, agent.version, took_ms, now_iso, None,
+                         status, reason)  # fmt: skip
+    return result.to_wire()
+
+
+class _Service:
+    """The per-process state of one agent service, built in the app's lifespan."""
+
+    def __init__(
+        self,
+        agent: Agent,
+        settings: Settings,
+        now_ms: Callable[[], int],
+        gateway: MarketGateway | None,
+    ) -> None:
+        self.agent = agent
+        self.settings = settings
+        self.now_ms = now_ms
+        self.gateway = gateway
+        self.pipeline: Pipeline | None = None
+
+    def info(self) -> dict[str, Any]:
+        base = self.agent.info()
+        needs = base["needs"]
+        timeframes = list(self.settings.market.timeframes)
+        return {
+            "name": self.agent.name,
+            "version": self.agent.version,
+            "description": self.agent.description,
+            "endpoints": ENDPOINTS,
+            "timeframes": timeframes,
+            "needs": {
+                "minBars": needs["min_bars"],
+                "lookback": needs["lookback"],
+                "higherMultiples": needs["higher"],
+                "news": needs["news"],
+                "account": needs["account"],
+            },
+            "lookback": {tf: self.agent.lookback(tf) for tf in timeframes},
+            "higherTimeframes": {
+                tf: list(self.agent.needs.higher_timeframes(tf)) for tf in timeframes
+            },
+            "parameters": base["parameters"],
+            "parametersSchema": base["parameters_schema"],
+        }
+
+    def _allowed(self, ctx: WireContext) -> None:
+        market = self.settings.market
+        if ctx.symbol not in market.symbols:
+            raise WireError("symbol", f"not in the allowlist: {', '.join(market.symbols)}")
+        if ctx.timeframe not in market.timeframes:
+            raise WireError("timeframe", f"not in the allowlist: {', '.join(market.timeframes)}")
+
+    async def resolve(self, ctx: WireContext) -> AgentInput | tuple[Status, str]:
+        """The agent's input for an ids-only context, or why the data gives no signal."""
+        self._allowed(ctx)  # before any I/O (E4)
+        assert self.gateway is not None
+        assert self.pipeline is not None
+        now = self.now_ms()
+        if ctx.as_of_ms is not None and ctx.as_of_ms > now + Timeframe.parse(ctx.timeframe).ms:
+            # the data layer would have to invent the future (the sim source would try)
+            raise WireError("asOf", "must not be more than one bar after now")
+        as_of_ms = ctx.as_of_ms if ctx.as_of_ms is not None else now
+        limit, higher = self.pipeline.plan(ctx.timeframe)
+        try:
+            snapshot = await self.gateway.snapshot(
+                ctx.symbol,
+                ctx.timeframe,
+                higher=higher,
+                limit=limit,
+                higher_limit=self.pipeline.higher_limit(ctx.timeframe),
+                as_of_ms=as_of_ms,
+            )
+        except (SkipStepError, RetryLaterError, ExchangeRejectedError) as exc:
+            status: Status = "stale_data" if isinstance(exc, StaleDataError) else "error"
+            return status, f"{exc.reason}: {exc}"
+        context = await self.pipeline.context(snapshot, ctx.account_id)
+        if self.agent.needs.news and context.news_error:
+            return "error", context.news_error
+        return context.input_for(self.agent)
+
+    async def run(self, data: Any) -> Any:
+        t0 = time.perf_counter()
+        ctx = decode_context(data)
+        agent_input = ctx.agent_input
+        if agent_input is None:
+            resolved = await self.resolve(ctx)
+            if isinstance(resolved, tuple):
+                took = (time.perf_counter() - t0) * 1000.0
+                return _failed(self.agent, *resolved, iso_ms(self.now_ms()), took)
+            agent_input = resolved
+        now_iso = iso_ms(self.now_ms())
+        try:
+            return self.agent.run(agent_input, now_iso=now_iso).to_wire()
+        except AgentError as exc:
+            took = (time.perf_counter() - t0) * 1000.0
+            return _failed(self.agent, "error", f"{exc.reason}: {exc}", now_iso, took)
+
+
+class RunRoute:
+    """Pure ASGI ``POST /run``, in front of FastAPI's router; every other request goes on.
+
+    Same rules and answers as the FastAPI route it shadows (415, 400 ``body``, 413 while
+    streaming, 422 naming the field, 500 ``internal`` through the app's handler), without
+    FastAPI's per-request layers (request object, dependencies, exception middleware): they
+    cost 100-150 us of server CPU per call, nine calls per pipeline run. It sits inside
+    `BodyLimitMiddleware`, which refuses a declared length over the limit before this runs
+    and counts a streamed body as it is received here.
+    """
+
+    def __init__(self, app: ASGIApp, *, service: _Service) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/run" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        try:
+            ctype = b""
+            for key, value in scope["headers"]:
+                if key == b"content-type":
+                    ctype = value
+            check_json_type(ctype.decode("latin-1"))
+            chunks: list[bytes] = []
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return  # nobody to answer
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+            data = parse_json(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            out = await self.service.run(data)
+            raw, status = orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY), 200
+        except (ApiError, InvalidRequestError) as exc:
+            status, raw = error_of(exc)
+        await send_json(send, status, raw)
+
+
+def create_agent_app(
+    name: str,
+    settings: Settings,
+    *,
+    now_ms: Callable[[], int] | None = None,
+    gateway: MarketGateway | None = None,
+) -> FastAPI:
+    """The service of agent ``name``; `InvalidRequestError` (field ``name``) if unknown.
+
+    ``now_ms`` is the clock (ms UTC; default the wall clock); ``gateway`` replaces the one
+    the app would open from ``settings`` (the app then leaves closing it to the caller).
+    """
+    if name not in REGISTRY:
+        raise InvalidRequestError(unknown_agent_message(name), field="name")
+    service = _Service(REGISTRY[name](), settings, now_ms or wall_clock_ms, gateway)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = service.gateway is None
+        if service.gateway is None:
+            source = open_source(settings.market.source, settings, now_ms=service.now_ms)
+            cache = make_cache(settings.market.cache, settings.redis_url)
+            service.gateway = MarketGateway(
+                source, cache=cache, cache_ttl_s=settings.market.cache.ttl_s
+            )
+        service.pipeline = Pipeline(service.gateway, executor="inline")
+        try:
+            yield
+        finally:
+            await service.pipeline.aclose()
+            if owned:
+                await service.gateway.aclose()
+                service.gateway = None
+
+    app = FastAPI(
+        title=f"Conclave agent: {name}",
+        version=service.agent.version,
+        description=service.agent.description,
+        lifespan=lifespan,
+    )
+    app.add_middleware(RunRoute, service=service)  # added first: inside the body limit
+    install_http_common(app, max_body_bytes=settings.agents.max_body_bytes)
+
+    @app.get("/health", summary="Liveness of this agent service")
+    async def health() -> Response:
+        return json_response({"status": "ok", "agent": name, "timestamp": iso_ms(service.now_ms())})
+
+    @app.get("/info", summary="What this agent needs and the parameters in effect")
+    async def info() -> Response:
+        return json_response(service.info())
+
+    @app.post(
+        "/run",
+        summary="Run the agent on a context (ids only, or data inline)",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _RUN_SCHEMA}},
+            }
+        },
+    )
+    async def run(request: Request) -> Response:  # documents the route; RunRoute answers it
+        return json_response(await service.run(await read_json(request)))
+
+    return app

@@ -1,0 +1,385 @@
+"""The orchestrator's HTTP API (port 4000): run the pipeline, read runs back, see the agents.
+
+Endpoints (ARCHITECTURE.md, "Orchestrator"):
+
+- ``POST /pipeline/run`` ``{"accountId"?, "symbol", "timeframe", "useHttpAgents"?}``: one
+  run as of now, stored (run, steps and decision in one transaction), answered 201 with the
+  run's wire form. Symbol and timeframe are checked against their pattern and allowlist
+  before any I/O (E4). An ``Idempotency-Key`` header makes retries safe (G1-G3): the same
+  key and body answer the stored run (200, ``Idempotent-Replayed: true``) without running
+  again; the same key with another body is 422; the same key while its run is still going
+  is 409.
+- ``GET /pipeline/runs?accountId&symbol&status&limit&offset``: one page, newest first,
+  ``{"items", "total", "limit", "offset"}``.
+- ``GET /pipeline/runs/{id}``: one run, or 404.
+- ``GET /agents``: each agent's mode, URL, port, status and health-check latency.
+- ``GET /health``: ``ok`` or ``degraded`` with the state of the database, cache and source;
+  503 when the database cannot be reached (runs could not be recorded).
+
+Every error is ``{"error": {"code", "message", "field"?}}`` (`conclave.services.http_common`):
+bad input 4xx naming the field, bodies over ``api.max_body_bytes`` 413 (E3), the database
+unreachable 503 with ``Retry-After``, never a traceback, hostname or SQL (E11).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+import orjson
+import structlog
+from fastapi import FastAPI, Header, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+from starlette.responses import Response
+
+from conclave.errors import StoreRejectedError, StoreUnavailableError
+from conclave.market.sources import CandleSource
+from conclave.services.accounts_api import router as accounts_router
+from conclave.services.http_common import (
+    ApiError,
+    error_response,
+    install_http_common,
+    json_response,
+    read_json,
+)
+from conclave.services.runtime import RunStoreLike, Runtime
+from conclave.services.scheduler_api import install_scheduler_api
+from conclave.services.wire import ACCOUNT_ID_PATTERN
+from conclave.settings import SYMBOL_PATTERN, Settings
+
+log = structlog.get_logger(__name__)
+
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+RUN_ID_PATTERN = r"^[0-9a-f]{32}$"
+#: Seconds a client should wait before retrying after a 503.
+RETRY_AFTER_S = 5
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong; ``field`` names the input at fault."""
+
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer."""
+
+    error: ErrorDetail
+
+
+def run_request_model(settings: Settings) -> type[BaseModel]:
+    """The ``POST /pipeline/run`` body model, with this deployment's allowlists."""
+    symbols, timeframes = settings.market.symbols, settings.market.timeframes
+    allowed_s, allowed_t = ", ".join(symbols), ", ".join(timeframes)
+
+    class RunRequest(BaseModel):
+        """One pipeline run: which account (optional), symbol and timeframe, and the mode."""
+
+        model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+        account_id: str | None = Field(
+            None, alias="accountId", pattern=ACCOUNT_ID_PATTERN.pattern, max_length=64
+        )
+        symbol: str = Field(
+            alias="symbol",
+            max_length=20,
+            pattern=SYMBOL_PATTERN.pattern,
+            json_schema_extra={"enum": list(symbols)},
+        )
+        timeframe: str = Field(
+            alias="timeframe", max_length=8, json_schema_extra={"enum": list(timeframes)}
+        )
+        use_http_agents: bool | None = Field(None, alias="useHttpAgents")
+
+        @field_validator("symbol")
+        @classmethod
+        def _allowed_symbol(cls, value: str) -> str:
+            if value not in symbols:
+                raise PydanticCustomError(
+                    "not_allowed", "not in the symbol allowlist: {allowed}", {"allowed": allowed_s}
+                )
+            return value
+
+        @field_validator("timeframe")
+        @classmethod
+        def _allowed_timeframe(cls, value: str) -> str:
+            if value not in timeframes:  # case-sensitive: 1m is a minute, 1M a month
+                raise PydanticCustomError(
+                    "not_allowed",
+                    "not in the timeframe allowlist: {allowed}",
+                    {"allowed": allowed_t},
+                )
+            return value
+
+    return RunRequest
+
+
+def request_hash(body: BaseModel) -> str:
+    """SHA-256 of the request's canonical JSON (validated fields, sorted keys)."""
+    canonical = orjson.dumps(body.model_dump(by_alias=True), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def _unavailable(message: str) -> ApiError:
+    err = ApiError(503, "unavailable", message)
+    err.headers = {"Retry-After": str(RETRY_AFTER_S)}
+    return err
+
+
+def store_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that mean the database cannot be used now (answered 503, not 500).
+
+    The store translates driver errors into `StoreUnavailableError`; the raw SQLAlchemy
+    ones are listed too so that nothing it misses can turn into a 500.
+    """
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+    return (StoreUnavailableError, DBAPIError, PoolTimeoutError, ConnectionError)
+
+
+async def _on_store_rejected(request: Request, exc: Exception) -> Response:
+    # e.g. the run's idempotency key was taken over by a retry after it went stale
+    log.warning("store_rejected", path=request.url.path, error=str(exc))
+    return error_response(409, "store_rejected", "the run could not be recorded: " + str(exc))
+
+
+async def _on_store_error(request: Request, exc: Exception) -> Response:
+    # the cause (SQL, host names) goes to the log only (E11)
+    log.warning("store_unavailable", path=request.url.path, error=type(exc).__name__)
+    return error_response(
+        503,
+        "unavailable",
+        "the run store is unavailable; retry later",
+        None,
+        {"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (400, "malformed JSON"),
+        (413, "body too large"),
+        (415, "not JSON"),
+        (422, "invalid field"),
+        (503, "database unavailable"),
+    )
+}
+
+
+def create_app(
+    settings: Settings,
+    *,
+    now_ms: Callable[[], int] | None = None,
+    source: CandleSource | None = None,
+    store: RunStoreLike | None = None,
+) -> FastAPI:
+    """The orchestrator app for ``settings``; the lifespan opens and closes its `Runtime`.
+
+    ``now_ms`` is the wall clock (ms UTC; default: the system clock); ``source`` and
+    ``store`` replace the configured ones (tests wrap or fake them).
+    """
+    clock = now_ms if now_ms is not None else _wall_clock_ms
+    run_request = run_request_model(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await Runtime.open(settings, now_ms=clock, source=source, store=store)
+        app.state.runtime = runtime
+        log.info(
+            "orchestrator_started",
+            mode=runtime.deployment_mode(),
+            source=runtime.gateway.source.name,
+        )
+        try:
+            yield
+        finally:
+            await runtime.aclose()
+
+    app = FastAPI(
+        title="Conclave orchestrator",
+        version="1.0.0",
+        description="Runs the nine agents, combines them into one decision and records it.",
+        lifespan=lifespan,
+    )
+    install_http_common(app, max_body_bytes=settings.api.max_body_bytes)
+    for exc_type in store_errors():
+        app.add_exception_handler(exc_type, _on_store_error)
+    app.add_exception_handler(StoreRejectedError, _on_store_rejected)
+    app.include_router(accounts_router)
+    scheduler_health = install_scheduler_api(app, settings, clock)
+
+    schema = run_request.model_json_schema(by_alias=True)
+
+    @app.post(
+        "/pipeline/run",
+        status_code=201,
+        summary="Run the pipeline once and record it",
+        responses={
+            200: {"description": "an idempotent replay of the stored run"},
+            409: {"model": ErrorBody, "description": "same key still running"},
+            **_ERRORS,
+        },
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}
+        },
+    )
+    async def run_pipeline(
+        request: Request,
+        idempotency_key: Annotated[
+            str | None,
+            Header(alias="Idempotency-Key", description="Makes retries of this request safe."),
+        ] = None,
+    ) -> Response:
+        """Run the nine agents for one symbol and timeframe as of now; store and return it."""
+        if idempotency_key is not None and not IDEMPOTENCY_KEY_PATTERN.match(idempotency_key):
+            raise ApiError(
+                422,
+                "invalid_request",
+                "expected 1 to 255 visible ASCII characters",
+                field="Idempotency-Key",
+            )
+        data = await read_json(request)
+        try:
+            body = run_request.model_validate(data)
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_input=False)]
+            ) from None
+        return await _execute(_runtime(request), body, idempotency_key)
+
+    @app.get("/pipeline/runs", summary="List recorded runs, newest first", responses=_ERRORS)
+    async def list_runs(
+        request: Request,
+        account_id: Annotated[
+            str | None, Query(alias="accountId", pattern=ACCOUNT_ID_PATTERN.pattern)
+        ] = None,
+        symbol: Annotated[str | None, Query(pattern=SYMBOL_PATTERN.pattern)] = None,
+        status: Annotated[
+            Literal["ok", "blocked", "failed", "no_signal"] | None,
+            Query(description="The decision's status."),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+        offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    ) -> Response:
+        """One page of runs matching the filters, and how many match in all."""
+        items, total = await _runtime(request).store.list_runs(
+            account_id=account_id, symbol=symbol, status=status, limit=limit, offset=offset
+        )
+        return json_response({"items": items, "total": total, "limit": limit, "offset": offset})
+
+    @app.get(
+        "/pipeline/runs/{run_id}",
+        summary="One recorded run",
+        responses={404: {"model": ErrorBody, "description": "no such run"}, **_ERRORS},
+    )
+    async def get_run(
+        request: Request,
+        run_id: Annotated[str, Path(pattern=RUN_ID_PATTERN, description="32 hex digits")],
+    ) -> Response:
+        """The run with its steps and decision, exactly as recorded."""
+        found = await _runtime(request).store.get_run(run_id)
+        if found is None:
+            raise ApiError(404, "not_found", "no run with this id", field="run_id")
+        return json_response(found)
+
+    @app.get("/agents", summary="Each agent's mode, URL, health and latency")
+    async def agents(
+        request: Request,
+        use_http_agents: Annotated[
+            bool | None,
+            Query(alias="useHttpAgents", description="Check the modes a run with it would use."),
+        ] = None,
+    ) -> Response:
+        """Health of the nine agents, checked in parallel with a short timeout each."""
+        return json_response(await _runtime(request).agent_health(use_http_agents))
+
+    @app.get(
+        "/health",
+        summary="The orchestrator and its dependencies",
+        responses={503: {"description": "the database is unavailable"}},
+    )
+    async def health(request: Request) -> Response:
+        """``ok``, or ``degraded`` naming which dependency is not."""
+        report = await scheduler_health(_runtime(request), await _runtime(request).health())
+        db_ok = report["dependencies"]["database"].get("status") == "ok"
+        headers = None if db_ok else {"Retry-After": str(RETRY_AFTER_S)}
+        return json_response(report, 200 if db_ok else 503, headers)
+
+    return app
+
+
+async def _execute(runtime: Runtime, body: Any, key: str | None) -> Response:
+    """Run, store and answer, honouring the idempotency key (claimed before the run)."""
+    store = runtime.store
+    digest = request_hash(body) if key is not None else None
+    if key is not None and digest is not None:
+        claim = await store.claim_idempotency_key(key, digest)
+        if claim.kind == "conflict":
+            raise ApiError(
+                422,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different body",
+                field="Idempotency-Key",
+            )
+        if claim.kind == "replay" and claim.run_id is not None:
+            stored = await store.get_run(claim.run_id)
+            if stored is not None:
+                return json_response(stored, 200, {"Idempotent-Replayed": "true"})
+        if claim.kind != "new":
+            err = ApiError(
+                409,
+                "idempotency_key_in_progress",
+                "a request with this Idempotency-Key is still running",
+                field="Idempotency-Key",
+            )
+            err.headers = {"Retry-After": "1"}
+            raise err
+    saved = False
+    try:
+        try:
+            run = await runtime.run(
+                body.account_id, body.symbol, body.timeframe, use_http=body.use_http_agents
+            )
+        except TimeoutError:
+            raise _unavailable("the run passed its deadline; retry later") from None
+        wire = run.to_wire()
+        await store.save_run(wire, idempotency_key=key, request_hash=digest)
+        saved = True
+    finally:
+        if key is not None and not saved:
+            await _release(store, key)
+    log.info(
+        "run_recorded",
+        run_id=run.run_id,
+        symbol=run.symbol,
+        timeframe=run.timeframe,
+        decision=run.decision.status,
+        degraded=run.degraded,
+    )
+    return json_response(wire, 201)
+
+
+async def _release(store: RunStoreLike, key: str) -> None:
+    try:
+        await store.release_idempotency_key(key)
+    except Exception as exc:  # the original failure matters more; the key expires anyway
+        log.warning("idempotency_release_failed", error=type(exc).__name__)
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000

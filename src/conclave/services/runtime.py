@@ -1,0 +1,364 @@
+"""What a pipeline run needs, built once from `Settings`: gateway, store, runners, pipelines.
+
+Shared by ``conclave serve`` (the API), ``conclave run`` and the scheduler. `Runtime.open`
+opens the candle source named by ``settings.market.source`` behind the configured cache
+(memory, or Redis when ``REDIS_URL`` is set), the run store (SQLite under ``data_dir``, or
+``DATABASE_URL``) and one pooled HTTP client that every `HttpRunner` shares.
+
+Modes (issue item 4): each agent is called in process or over HTTP by
+`Settings.agent_uses_http` - the request's ``useHttpAgents`` first, then the per-agent
+setting, then ``USE_HTTP_AGENTS``. One `Pipeline` is kept per distinct set of HTTP agents
+(at most three: the settings' own mix, all HTTP, all local), so a request that overrides
+the mode costs no set-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import structlog
+
+from conclave.accounts.hook import open_accounts, process_for_account
+from conclave.accounts.reader import StoreAccountReader
+from conclave.agents.base import iso_ms
+from conclave.market.cache import CandleCache, RedisCache, make_cache
+from conclave.market.gateway import MarketGateway
+from conclave.market.sources import CandleSource, open_source
+from conclave.pipeline import AgentRunner, Pipeline, PipelineRun
+from conclave.settings import AGENT_NAMES, Settings
+
+log = structlog.get_logger(__name__)
+
+AgentMode = Literal["local", "http"]
+DeploymentMode = Literal["monolithic", "microservices", "mixed"]
+#: How long ``GET /agents`` and ``GET /health`` wait for one agent's health answer.
+HEALTH_TIMEOUT_S = 1.0
+
+
+class IdempotencyClaimLike(Protocol):
+    """What `RunStoreLike.claim_idempotency_key` answers."""
+
+    @property
+    def kind(self) -> str:
+        """``new``, ``replay``, ``conflict`` or ``in_progress``."""
+        ...
+
+    @property
+    def run_id(self) -> str | None:
+        """The run recorded under the key (for ``replay``)."""
+        ...
+
+
+class RunStoreLike(Protocol):
+    """The part of `conclave.store.RunStore` the orchestrator uses."""
+
+    async def save_run(
+        self,
+        run_wire: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+    ) -> Any:
+        """Store a run, its steps and its decision in one transaction."""
+        ...
+
+    async def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """The stored run's wire dict, or None."""
+        ...
+
+    async def list_runs(
+        self,
+        *,
+        account_id: str | None = None,
+        symbol: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of runs, newest first, and the total that match."""
+        ...
+
+    async def claim_idempotency_key(self, key: str, request_hash: str) -> IdempotencyClaimLike:
+        """Claim ``key`` for a request whose canonical body hashes to ``request_hash``."""
+        ...
+
+    async def release_idempotency_key(self, key: str) -> None:
+        """Forget a claim whose run was never saved."""
+        ...
+
+    async def health(self) -> dict[str, Any]:
+        """``{"status": "ok", ...}`` when the database answers."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+RunnerFactory = Callable[[str, str], AgentRunner]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentEndpoint:
+    """Where one agent runs for a given mode choice."""
+
+    name: str
+    mode: AgentMode
+    url: str
+    port: int
+
+
+def agent_endpoints(settings: Settings, use_http: bool | None = None) -> list[AgentEndpoint]:
+    """Each agent's mode (request override, then per-agent setting, then the global one),
+    service URL (its own, else the base URL plus its port) and port, in registry order."""
+    return [
+        AgentEndpoint(
+            name,
+            "http" if settings.agent_uses_http(name, use_http) else "local",
+            settings.agent_url(name),
+            settings.agents.ports[name],
+        )
+        for name in AGENT_NAMES
+    ]
+
+
+async def open_store(settings: Settings) -> RunStoreLike:
+    """The run store of ``settings``: ``DATABASE_URL``, else SQLite under ``data_dir``."""
+    from conclave.store import RunStore
+
+    store: RunStoreLike = await RunStore.open(settings.database_url, data_dir=settings.data_dir)
+    return store
+
+
+def open_gateway(
+    settings: Settings, *, now_ms: Callable[[], int], source: CandleSource | None = None
+) -> tuple[MarketGateway, CandleCache]:
+    """The market gateway over ``source`` (default: ``settings.market.source``) and its cache."""
+    spec = settings.market.source
+    src = source if source is not None else open_source(spec, settings, now_ms=now_ms)
+    # one file holds one timeframe: the higher ones are built from it
+    one_file = spec.startswith("file:") and Path(spec[5:]).expanduser().is_file()
+    cache = make_cache(settings.market.cache, settings.redis_url)
+    gateway = MarketGateway(
+        src,
+        cache=cache,
+        cache_ttl_s=settings.market.cache.ttl_s,
+        resample="resample" if one_file else "auto",
+    )
+    return gateway, cache
+
+
+class Runtime:
+    """The long-lived parts of the orchestrator and the pipelines built over them.
+
+    ``now_ms`` is the wall clock (ms UTC), read at the edge: a run is as of the moment it
+    is asked for. ``http_runner`` builds the runner of an agent called over HTTP from its
+    name and URL. Close with `aclose` (or ``async with``).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        gateway: MarketGateway,
+        cache: CandleCache,
+        store: RunStoreLike,
+        http_runner: RunnerFactory,
+        now_ms: Callable[[], int],
+        on_close: Callable[[], Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.gateway = gateway
+        self.cache = cache
+        self.store = store
+        self.now_ms = now_ms
+        self._http_runner = http_runner
+        self._http_runners: dict[str, AgentRunner] = {}
+        self._pipelines: dict[frozenset[str], Pipeline] = {}
+        self._on_close = on_close
+        # paper accounts over the run store (None for a store that is not the real one)
+        self.accounts = open_accounts(store)
+        self.account_reader = StoreAccountReader(self.accounts) if self.accounts else None
+
+    @classmethod
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        now_ms: Callable[[], int],
+        source: CandleSource | None = None,
+        store: RunStoreLike | None = None,
+    ) -> Runtime:
+        """Open the store, the gateway and the shared agent client from ``settings``."""
+        from conclave.pipeline.http_runner import AgentHttpClient, HttpRunner
+
+        gateway, cache = open_gateway(settings, now_ms=now_ms, source=source)
+        try:
+            opened = store if store is not None else await open_store(settings)
+        except BaseException:
+            await gateway.aclose()  # closes the cache too
+            raise
+        client = AgentHttpClient()
+        timeout_s = settings.agents.timeout_s
+
+        def http_runner(name: str, url: str) -> AgentRunner:
+            return HttpRunner(name, url, client=client, timeout_s=timeout_s)
+
+        return cls(
+            settings,
+            gateway=gateway,
+            cache=cache,
+            store=opened,
+            http_runner=http_runner,
+            now_ms=now_ms,
+            on_close=client.aclose,
+        )
+
+    async def __aenter__(self) -> Runtime:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- modes -------------------------------------------------------------------------------
+
+    def endpoints(self, use_http: bool | None = None) -> list[AgentEndpoint]:
+        """Every agent's mode, service URL and port for the request override ``use_http``."""
+        return agent_endpoints(self.settings, use_http)
+
+    def deployment_mode(self) -> DeploymentMode:
+        """``monolithic`` (all in process), ``microservices`` (all HTTP) or ``mixed``."""
+        modes = {e.mode for e in self.endpoints()}
+        if modes == {"local"}:
+            return "monolithic"
+        return "microservices" if modes == {"http"} else "mixed"
+
+    def runner(self, name: str) -> AgentRunner:
+        """The (shared) HTTP runner of agent ``name``."""
+        runner = self._http_runners.get(name)
+        if runner is None:
+            runner = self._http_runners[name] = self._http_runner(
+                name, self.settings.agent_url(name)
+            )
+        return runner
+
+    def pipeline(self, use_http: bool | None = None) -> Pipeline:
+        """The pipeline whose runners follow the modes for the override ``use_http``."""
+        http = frozenset(e.name for e in self.endpoints(use_http) if e.mode == "http")
+        pipeline = self._pipelines.get(http)
+        if pipeline is None:
+            p = self.settings.pipeline
+            pipeline = self._pipelines[http] = Pipeline(
+                self.gateway,
+                runners={name: self.runner(name) for name in http},
+                parallel=p.parallel,
+                executor=p.executor,
+                timeout_s=p.agent_timeout_s,
+                account_reader=self.account_reader,
+            )
+        return pipeline
+
+    async def run(
+        self, account_id: str | None, symbol: str, timeframe: str, *, use_http: bool | None = None
+    ) -> PipelineRun:
+        """One run as of now, within ``pipeline.run_deadline_s`` (`TimeoutError` past it).
+
+        Symbol and timeframe must have been checked already (the API's request model does
+        it before any I/O); data problems end in a ``no_signal`` decision, not an exception.
+        """
+        now = self.now_ms()
+        async with asyncio.timeout(self.settings.pipeline.run_deadline_s):
+            run = await self.pipeline(use_http).run(
+                account_id, symbol, timeframe, as_of_ms=now, now_iso=iso_ms(now)
+            )
+        await self._after_run(run)
+        return run
+
+    async def _after_run(self, run: PipelineRun) -> None:
+        """Act on ``run`` for its paper account (order, fills, equity); never fails the run."""
+        if self.accounts is None or run.account_id is None:
+            return
+        try:
+            outcome = await process_for_account(self.accounts, self.gateway, run)
+        except Exception as exc:  # the run is still recorded; the next run settles the account
+            log.warning("account_processing_failed", run_id=run.run_id, error=type(exc).__name__)
+            return
+        if outcome is not None:
+            placed = outcome.get("order") is not None
+            log.info("account_processed", run_id=run.run_id, order=placed,
+                     fills=len(outcome["fills"]))  # fmt: skip
+
+    # -- health ------------------------------------------------------------------------------
+
+    async def agent_health(
+        self, use_http: bool | None = None, *, timeout_s: float = HEALTH_TIMEOUT_S
+    ) -> list[dict[str, Any]]:
+        """Each agent's mode, URL, port, status and health-check latency, checked in parallel."""
+        endpoints = self.endpoints(use_http)
+        checks = [self._check(e, timeout_s) for e in endpoints]
+        return list(await asyncio.gather(*checks))
+
+    async def _check(self, endpoint: AgentEndpoint, timeout_s: float) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": endpoint.name,
+            "mode": endpoint.mode,
+            "url": endpoint.url,
+            "port": endpoint.port,
+        }
+        if endpoint.mode == "local":
+            return out | {"status": "ok", "latencyMs": 0.0}
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout_s):
+                answer: Mapping[str, Any] = await self.runner(endpoint.name).health()
+        except TimeoutError:
+            status, error = "down", f"no answer within {timeout_s * 1000:.0f} ms"
+        except Exception as exc:  # a dead agent is a status, not an error of this endpoint
+            status, error = "down", type(exc).__name__
+        else:
+            status = "ok" if answer.get("status") == "ok" else str(answer.get("status", "down"))
+            error = str(answer.get("error", "")) if status != "ok" else ""
+        took = round((time.perf_counter() - t0) * 1000.0, 3)
+        out |= {"status": status, "latencyMs": took}
+        return out | ({"error": error[:200]} if error else {})
+
+    async def health(self) -> dict[str, Any]:
+        """``{"status": "ok" | "degraded", "mode", "dependencies": {...}}``; never a secret.
+
+        The database being down or the cache being bypassed makes the status ``degraded``.
+        """
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_S * 2):
+                db = dict(await self.store.health())
+        except Exception as exc:  # reported, never raised: /health must answer
+            db = {"status": "unavailable", "error": type(exc).__name__}
+        db = {k: v for k, v in db.items() if k not in ("url", "dsn", "database_url")}
+        if isinstance(self.cache, RedisCache):
+            cache = {"backend": "redis", "status": "ok" if self.cache.available else "degraded"}
+        else:
+            cache = {"backend": "memory", "status": "ok"}
+        source = self.gateway.source
+        exchange = {"source": source.name, "simulated": source.simulated, "status": "ok"}
+        ok = db.get("status") == "ok" and cache["status"] == "ok"
+        return {
+            "status": "ok" if ok else "degraded",
+            "mode": self.deployment_mode(),
+            "dependencies": {"database": db, "cache": cache, "exchange": exchange},
+        }
+
+    async def aclose(self) -> None:
+        """Close the pipelines, the shared client, the gateway (source and cache) and the store."""
+        for pipeline in self._pipelines.values():
+            await pipeline.aclose()
+        self._pipelines.clear()
+        if self._on_close is not None:
+            result = self._on_close()
+            if asyncio.iscoroutine(result):
+                await result
+        await self.gateway.aclose()  # and the cache it wraps the source with
+        await self.store.aclose()

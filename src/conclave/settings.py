@@ -1,0 +1,323 @@
+"""Settings, read once at the edge (CLI, app factory) and passed down; nothing else reads env.
+
+Sources, highest first: keyword arguments, environment variables, the ``.env`` file, the
+defaults below. Everything lives under the ``CONCLAVE_`` prefix with ``__`` for nesting
+(``CONCLAVE_MARKET__BINANCE__BASE_URL``), except the seed's names, which are honoured as
+they are: ``USE_HTTP_AGENTS``, ``AGENT_SERVICES_BASE_URL``, ``REDIS_URL``, ``DATABASE_URL``.
+
+An unknown ``CONCLAVE_*`` name or an invalid value stops start-up with a
+`ConfigurationError` naming the variable (and the nearest known name for a typo).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from dotenv import dotenv_values
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from conclave.errors import ConfigurationError, InvalidTimeframeError
+from conclave.timeframes import Timeframe
+
+PREFIX = "CONCLAVE_"
+SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{2,20}$")
+_SEED_NAMES = {
+    "use_http_agents": "USE_HTTP_AGENTS",
+    "agent_services_base_url": "AGENT_SERVICES_BASE_URL",
+    "redis_url": "REDIS_URL",
+    "database_url": "DATABASE_URL",
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BinanceSettings(_Section):
+    """The Binance REST client: where it points and how politely it calls."""
+
+    base_url: str = "https://api.binance.com"
+    weight_limit_per_minute: int = Field(6000, gt=0)
+    budget_share: float = Field(0.8, gt=0, le=1)
+    connect_timeout_s: float = Field(2.0, gt=0)
+    read_timeout_s: float = Field(5.0, gt=0)
+    max_retries: int = Field(3, ge=0, le=10)
+    retry_base_s: float = Field(0.5, ge=0)
+    retry_cap_s: float = Field(4.0, ge=0)
+    deadline_s: float = Field(10.0, gt=0)
+
+    @property
+    def weight_budget(self) -> int:
+        """Weight we allow ourselves per minute (80 % of the exchange's limit by default)."""
+        return int(self.weight_limit_per_minute * self.budget_share)
+
+
+class CacheSettings(_Section):
+    """The candle cache: in process by default, Redis when ``REDIS_URL`` is set."""
+
+    ttl_s: float = Field(30.0, gt=0)
+    max_entries: int = Field(512, gt=0)
+    redis_timeout_s: float = Field(0.25, gt=0)
+    key_prefix: str = "conclave:v1"
+
+
+class MarketSettings(_Section):
+    """Market data: the default source, the symbol and timeframe allowlists, the store."""
+
+    source: str = "sim"
+    symbols: tuple[str, ...] = (
+        "BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT",
+        "LTCUSDT", "LINKUSDT", "DOTUSDT", "AVAXUSDT", "TRXUSDT", "ETHBTC",
+    )  # fmt: skip
+    timeframes: tuple[str, ...] = ("1m", "5m", "15m", "30m", "1h", "4h", "1d")
+    store_dir: Path = Path("data/candles")
+    binance: BinanceSettings = BinanceSettings()
+    cache: CacheSettings = CacheSettings()
+
+    @field_validator("symbols")
+    @classmethod
+    def _symbols_upper(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [s for s in value if not SYMBOL_PATTERN.match(s)]
+        if bad:
+            raise ValueError(f"symbols must match {SYMBOL_PATTERN.pattern}: {bad}")
+        return value
+
+    @field_validator("timeframes")
+    @classmethod
+    def _known_timeframes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for tf in value:
+            try:
+                Timeframe.parse(tf)
+            except InvalidTimeframeError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+
+#: The nine agents in the architecture table's order; service ports follow it from 5001.
+AGENT_NAMES = (
+    "market-structure", "order-flow", "momentum", "volatility-regime", "news-sentiment",
+    "multi-timeframe", "pattern-recognition", "statistical-edge", "risk-manager",
+)  # fmt: skip
+
+
+class AgentServiceSettings(_Section):
+    """The agents as HTTP services: where each listens and how the orchestrator calls it.
+
+    ``ports`` maps agent names to ports (5001 to 5009 in the table's order); ``urls``
+    overrides the URL of one agent; ``http`` overrides the mode of one agent (true: call its
+    service, false: run it in process), for mixed deployments.
+    """
+
+    host: str = "127.0.0.1"
+    ports: dict[str, int] = Field(
+        default_factory=lambda: {name: 5001 + i for i, name in enumerate(AGENT_NAMES)}
+    )
+    urls: dict[str, str] = Field(default_factory=dict)
+    http: dict[str, bool] = Field(default_factory=dict)
+    timeout_s: float = Field(2.0, gt=0)
+    max_body_bytes: int = Field(1_048_576, gt=0)
+    start_timeout_s: float = Field(30.0, gt=0)
+    stop_timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("ports", "urls", "http")
+    @classmethod
+    def _known_agents(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = [k for k in value if k not in AGENT_NAMES]
+        if unknown:
+            near = {k: difflib.get_close_matches(k, AGENT_NAMES, n=1) for k in unknown}
+            hints = [f"{k} (did you mean {v[0]}?)" if v else k for k, v in near.items()]
+            raise ValueError(f"unknown agent(s): {', '.join(hints)}")
+        return value
+
+    @field_validator("ports")
+    @classmethod
+    def _ports_complete(cls, value: dict[str, int]) -> dict[str, int]:
+        # overriding one port keeps the defaults of the others
+        merged = {name: 5001 + i for i, name in enumerate(AGENT_NAMES)} | value
+        bad = [f"{k}={v}" for k, v in merged.items() if not 0 < v < 65536]
+        if bad:
+            raise ValueError(f"ports must be 1 to 65535: {', '.join(bad)}")
+        return {name: merged[name] for name in AGENT_NAMES}
+
+
+class ApiSettings(_Section):
+    """The orchestrator's HTTP API."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(4000, gt=0, lt=65536)
+    max_body_bytes: int = Field(65_536, gt=0)
+
+
+class PipelineSettings(_Section):
+    """How a pipeline run executes its agents."""
+
+    parallel: bool = True
+    executor: Literal["inline", "thread", "process"] = "inline"
+    agent_timeout_s: float = Field(2.0, gt=0)
+    run_deadline_s: float = Field(10.0, gt=0)
+
+
+class NewsSettings(_Section):
+    """Where headlines come from: ``file:PATH`` (JSON or CSV) or ``rss:URL``; none by default."""
+
+    source: str | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _known_form(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("file:", "rss:")):
+            raise ValueError("must be file:PATH or rss:URL")
+        return value
+
+
+class ScheduledJobSettings(_Section):
+    """One scheduled job: run ``symbol`` on ``timeframe`` (for ``account``, if any)."""
+
+    account: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+    symbol: str = Field(pattern=SYMBOL_PATTERN.pattern)
+    timeframe: str
+
+    @field_validator("timeframe")
+    @classmethod
+    def _known_timeframe(cls, value: str) -> str:
+        try:
+            Timeframe.parse(value)
+        except InvalidTimeframeError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+
+class SchedulerSettings(_Section):
+    """``conclave scheduler``: the jobs, the delay after each candle close, the watchdog.
+
+    ``jobs`` as JSON in ``CONCLAVE_SCHEDULER__JOBS``, e.g.
+    ``[{"account": "paper-1", "symbol": "BTCUSDT", "timeframe": "1h"}]``; jobs added
+    through the API run too. ``offset_s`` waits after each close (freqtrade uses 1 s);
+    a job without a successful run for ``watchdog_intervals`` bars makes health degraded.
+    """
+
+    enabled: bool = True
+    jobs: tuple[ScheduledJobSettings, ...] = ()
+    offset_s: float = Field(1.0, ge=0, le=300)
+    watchdog_intervals: float = Field(2.0, gt=0)
+    poll_s: float = Field(30.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything configurable about Conclave; see the README for each name."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX,
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    use_http_agents: bool = Field(
+        False, validation_alias=AliasChoices("USE_HTTP_AGENTS", "CONCLAVE_USE_HTTP_AGENTS")
+    )
+    agent_services_base_url: str = Field(
+        "http://127.0.0.1",
+        validation_alias=AliasChoices(
+            "AGENT_SERVICES_BASE_URL", "CONCLAVE_AGENT_SERVICES_BASE_URL"
+        ),
+    )
+    redis_url: str | None = Field(
+        None, validation_alias=AliasChoices("REDIS_URL", "CONCLAVE_REDIS_URL")
+    )
+    database_url: str | None = Field(
+        None, validation_alias=AliasChoices("DATABASE_URL", "CONCLAVE_DATABASE_URL")
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = False
+    data_dir: Path = Path("data")
+    logs_dir: Path = Path("logs")
+    market: MarketSettings = MarketSettings()
+    news: NewsSettings = NewsSettings()
+    agents: AgentServiceSettings = AgentServiceSettings()
+    api: ApiSettings = ApiSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+
+    def agent_url(self, name: str) -> str:
+        """The URL of agent ``name``'s service: its override, else base URL plus its port."""
+        if name in self.agents.urls:
+            return self.agents.urls[name].rstrip("/")
+        return f"{self.agent_services_base_url.rstrip('/')}:{self.agents.ports[name]}"
+
+    def agent_uses_http(self, name: str, request_override: bool | None = None) -> bool:
+        """Whether agent ``name`` is called over HTTP: request, then per-agent, then global."""
+        if request_override is not None:
+            return request_override
+        return self.agents.http.get(name, self.use_http_agents)
+
+    @field_validator("redis_url", "database_url", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+
+def _env_name(loc: tuple[str | int, ...]) -> str:
+    head = str(loc[0]) if loc else ""
+    if head in _SEED_NAMES.values():
+        return head
+    if head.upper().startswith(PREFIX):
+        head = head[len(PREFIX) :]
+    if head.lower() in _SEED_NAMES and len(loc) == 1:
+        return _SEED_NAMES[head.lower()]
+    return PREFIX + "__".join(str(p).upper() for p in (head, *loc[1:]))
+
+
+def _known_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for name, info in model.model_fields.items():
+        path = f"{prefix}{name.upper()}"
+        out.add(path)
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out |= _known_paths(ann, path + "__")
+    return out
+
+
+def check_unknown_names(names: list[str]) -> None:
+    """Raise `ConfigurationError` for any ``CONCLAVE_*`` name that is not a setting."""
+    known = _known_paths(Settings)
+    for raw in names:
+        if not raw.upper().startswith(PREFIX):
+            continue
+        path = raw.upper()[len(PREFIX) :]
+        if path in known or any(k.startswith(path + "__") for k in known):
+            continue
+        near = difflib.get_close_matches(path, sorted(known), n=1, cutoff=0.6)
+        hint = f"; did you mean {PREFIX}{near[0]}?" if near else ""
+        raise ConfigurationError(f"unknown setting {raw}{hint}")
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
+    """Read settings once; raise `ConfigurationError` naming any unknown or invalid one.
+
+    This is the one place that reads the process environment.
+    """
+    file_values: dict[str, str | None] = {}
+    if env_file is not None and Path(env_file).is_file():
+        file_values = dict(dotenv_values(env_file))
+    check_unknown_names([*os.environ, *file_values])
+    try:
+        return Settings(_env_file=env_file, **overrides)
+    except ValidationError as exc:
+        problems = [f"{_env_name(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise ConfigurationError("invalid setting(s): " + "; ".join(problems)) from None

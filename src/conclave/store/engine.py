@@ -1,0 +1,163 @@
+"""Which database, and how to connect to it: URL rules, SQLite pragmas, the DB's own clock.
+
+``DATABASE_URL`` unset means SQLite in ``data_dir/conclave.db``; otherwise the URL names
+PostgreSQL (``postgresql://``, ``postgres://`` and ``postgresql+asyncpg://`` all use
+asyncpg) or an SQLite file (``sqlite:///`` or ``sqlite+aiosqlite:///``).
+
+SQLite connections run in WAL mode with a busy timeout (5 s by default, RELIABILITY.md D4,
+D5). The driver's own transaction handling is switched off so that we emit ``BEGIN``
+ourselves: ``BEGIN IMMEDIATE`` on a connection marked with the `WRITE` execution option
+(the write lock is taken up front, so two writers queue on the busy timeout instead of
+failing on a lock upgrade), a deferred ``BEGIN`` for reads.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import DateTime, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
+from conclave.errors import ConfigurationError
+
+Backend = Literal["sqlite", "postgresql"]
+
+#: Execution option that makes an SQLite transaction start with ``BEGIN IMMEDIATE``.
+WRITE = "conclave_write"
+SQLITE_FILE = "conclave.db"
+_PG_SCHEMES = {"postgres", "postgresql", "postgresql+asyncpg"}
+_SQLITE_SCHEMES = {"sqlite", "sqlite+aiosqlite"}
+#: JSON columns refuse NaN and infinities on both backends (PostgreSQL's JSON would anyway).
+_json_dumps = partial(json.dumps, allow_nan=False)
+
+
+def resolve_url(database_url: str | None, data_dir: Path) -> tuple[URL, Backend]:
+    """The async driver URL and backend for ``database_url`` (None: SQLite under ``data_dir``).
+
+    Raises `ConfigurationError` for an unparsable URL or another database; the message
+    never repeats the URL (it may hold a password).
+    """
+    if database_url is None:
+        return URL.create("sqlite+aiosqlite", database=str(data_dir / SQLITE_FILE)), "sqlite"
+    try:
+        url = make_url(database_url.strip())
+    except ArgumentError:
+        raise ConfigurationError("DATABASE_URL is not a valid database URL") from None
+    if url.drivername in _PG_SCHEMES:
+        return url.set(drivername="postgresql+asyncpg"), "postgresql"
+    if url.drivername in _SQLITE_SCHEMES:
+        if not url.database or url.database == ":memory:":
+            raise ConfigurationError("DATABASE_URL must name an SQLite file, not memory")
+        return url.set(drivername="sqlite+aiosqlite"), "sqlite"
+    raise ConfigurationError(
+        f"DATABASE_URL must be postgresql:// or sqlite:///, not {url.get_backend_name()}://"
+    )
+
+
+def create_engine(
+    url: URL,
+    backend: Backend,
+    *,
+    schema: str | None = None,
+    busy_timeout_s: float = 5.0,
+    connect_timeout_s: float = 5.0,
+    command_timeout_s: float = 10.0,
+) -> AsyncEngine:
+    """An async engine for ``url``; ``schema`` (PostgreSQL only) becomes the search path.
+
+    Timeouts are seconds: SQLite waits ``busy_timeout_s`` for a lock; PostgreSQL gives up
+    connecting after ``connect_timeout_s`` and on any statement after ``command_timeout_s``.
+    """
+    if backend == "sqlite":
+        if schema is not None:
+            raise ConfigurationError("a schema applies to PostgreSQL only")
+        if url.database:
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(
+            url,
+            connect_args={"timeout": busy_timeout_s},
+            pool_timeout=busy_timeout_s + 25.0,
+            json_serializer=_json_dumps,
+        )
+        _sqlite_events(engine, busy_timeout_s)
+        return engine
+    # command_timeout: a hung (SIGSTOPped) server fails queries instead of blocking them
+    connect_args: dict[str, Any] = {
+        "timeout": connect_timeout_s,
+        "command_timeout": command_timeout_s,
+    }
+    if schema is not None:
+        connect_args["server_settings"] = {"search_path": schema}
+    return create_async_engine(
+        url,
+        connect_args=connect_args,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=10,
+        pool_timeout=connect_timeout_s + 5.0,
+        json_serializer=_json_dumps,
+    )
+
+
+def _sqlite_events(engine: AsyncEngine, busy_timeout_s: float) -> None:
+    busy_ms = max(0, int(busy_timeout_s * 1000))
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (see below)
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "PRAGMA journal_mode=WAL",
+            f"PRAGMA busy_timeout={busy_ms}",
+            "PRAGMA foreign_keys=ON",
+            "PRAGMA synchronous=NORMAL",
+        ):
+            cursor.execute(pragma)
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        write = connection.get_execution_options().get(WRITE, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+class utcnow(FunctionElement[datetime]):  # noqa: N801 - reads like the SQL function it is
+    """The database's current UTC time (ms precision on SQLite): stamps rows, ages claims."""
+
+    type = DateTime(timezone=True)
+    inherit_cache = True
+
+
+@compiles(utcnow)
+def _utcnow_default(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
+    return "CURRENT_TIMESTAMP"
+
+
+@compiles(utcnow, "postgresql")
+def _utcnow_postgresql(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
+    return "statement_timestamp()"
+
+
+@compiles(utcnow, "sqlite")
+def _utcnow_sqlite(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
+    return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+
+
+def as_utc(value: datetime) -> datetime:
+    """``value`` as an aware UTC datetime (SQLite hands back naive UTC)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def iso_utc(value: datetime) -> str:
+    """ISO 8601 UTC text with milliseconds, e.g. ``2025-12-06T10:30:00.123Z``."""
+    v = as_utc(value)
+    return v.strftime("%Y-%m-%dT%H:%M:%S.") + f"{v.microsecond // 1000:03d}Z"

@@ -1,0 +1,1 @@
+"""Alembic migrations of the run store; run them with `conclave.store.migrate.upgrade`."""

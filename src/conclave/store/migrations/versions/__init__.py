@@ -1,0 +1,1 @@
+"""One module per schema revision (a package so that installs ship them)."""

@@ -1,0 +1,396 @@
+"""Stub-BX: a fake Binance spot REST server on loopback, for tests.
+
+A real HTTP/1.1 server (``ThreadingHTTPServer`` on 127.0.0.1, an ephemeral port, a daemon
+thread) that speaks Binance's wire format: ``GET /api/v3/klines`` served from a real candle
+CSV of ../shared/data (and the captured 1m klines response for BTCUSDT 1m), plus the captured
+``exchangeInfo``, ``time`` and ``ping`` answers. It sets ``X-MBX-USED-WEIGHT-1M``, records
+every request (time on its clock, path, params, client, weight, status) and can be programmed
+with `Fault` s, one-shot (``push``) or standing (``rule``): any status, headers such as
+``Retry-After``, a raw body, a delay. It counts "would-ban" requests: those that arrive while
+a ``Retry-After`` it announced is still running.
+
+The CSV has only open time and OHLCV; the other kline fields (close time, quote volume,
+trades, taker-buy volumes) are derived deterministically from them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import select
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import httpx2
+import numpy as np
+from hypothesis import strategies as st
+
+from conclave.timeframes import BINANCE_INTERVALS, Timeframe
+
+KLINES = "/api/v3/klines"
+WEIGHTS = {"/api/v3/exchangeInfo": 20, "/api/v3/time": 1, "/api/v3/ping": 1}
+CLIENT_HEADER = "X-Test-Client"
+
+
+def kline_weight(limit: int) -> int:
+    """Weight of a klines request on the server side (1 / 2 / 5 / 10 by limit)."""
+    return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One programmed answer: ``status``, extra ``headers``, a raw ``body``, a ``delay_s``."""
+
+    status: int = 200
+    body: bytes | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    path: str = KLINES
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One request as the stub saw it."""
+
+    t: float
+    path: str
+    params: dict[str, str]
+    client: str
+    weight: int
+    status: int
+    inside_retry_after: bool
+
+
+@dataclass
+class _Series:
+    open_time: np.ndarray[Any, Any]
+    rows: Callable[[int, int], list[list[Any]]]
+
+
+class FakeClock:
+    """A clock and an async sleep that only advance time, instantly; records every sleep."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += max(0.0, seconds)
+
+
+@functools.cache
+def _csv_series(path: Path, tf_ms: int) -> _Series:
+    data = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64)
+    t = data[:, 0].astype(np.int64)
+    o, h, lo, c, v = (data[:, k] for k in range(1, 6))
+
+    def rows(i: int, j: int) -> list[list[Any]]:
+        out = []
+        for k in range(i, j):
+            taker = v[k] * 0.5
+            out.append([
+                int(t[k]), f"{o[k]:.8f}", f"{h[k]:.8f}", f"{lo[k]:.8f}", f"{c[k]:.8f}",
+                f"{v[k]:.8f}", int(t[k]) + tf_ms - 1, f"{v[k] * c[k]:.8f}",
+                int(v[k] * 10) + 1, f"{taker:.8f}", f"{taker * c[k]:.8f}", "0",
+            ])  # fmt: skip
+        return out
+
+    return _Series(open_time=t, rows=rows)
+
+
+def _raw_series(raw: list[list[Any]]) -> _Series:
+    t = np.array([r[0] for r in raw], dtype=np.int64)
+    return _Series(open_time=t, rows=lambda i, j: raw[i:j])
+
+
+class FakeBinance:
+    """The programmable fake; use ``with FakeBinance(shared_data).running() as stub:``."""
+
+    def __init__(self, shared_data: Path, *, clock: Callable[[], float] = time.monotonic) -> None:
+        captured = shared_data / "api" / "binance" / "captured"
+        self.exchange_info = (
+            captured / "spot_exchangeInfo_BTCUSDT_ETHUSDT_20211022.json"
+        ).read_bytes()
+        self.captured_klines = (captured / "spot_klines_BTCUSDT_1m_20211022.json").read_bytes()
+        self.answers = {
+            "/api/v3/exchangeInfo": self.exchange_info,
+            "/api/v3/time": (captured / "spot_time.json").read_bytes(),
+            "/api/v3/ping": (captured / "spot_ping.json").read_bytes(),
+        }
+        self.symbols = {s["symbol"] for s in json.loads(self.exchange_info)["symbols"]}
+        csv = shared_data / "candles" / "binance_BTCUSDT_1h_20170817-20221011.csv"
+        self.series: dict[tuple[str, str], _Series] = {
+            ("BTCUSDT", "1h"): _csv_series(csv, Timeframe.parse("1h").ms),
+            ("BTCUSDT", "1m"): _raw_series(json.loads(self.captured_klines)),
+        }
+        self.clock = clock
+        self.extra_weight = 0
+        self.hits: list[Hit] = []
+        self.would_ban = 0
+        self.rule: Callable[[str, dict[str, str]], Fault | None] | None = None
+        self._queue: deque[Fault] = deque()
+        self._announced_until = -float("inf")
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self.active = 0
+        self.server_errors: list[str] = []
+
+    # -- control ---------------------------------------------------------------------------
+
+    @contextmanager
+    def running(self) -> Iterator[FakeBinance]:
+        """Serve on 127.0.0.1:<ephemeral> for the duration of the block."""
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                fake._handle(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 256
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                exc = sys.exc_info()[1]
+                if isinstance(exc, ConnectionError):
+                    return  # the client hung up (a timeout test), not a stub bug
+                fake.server_errors.append(repr(exc))
+                super().handle_error(request, client_address)
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stopping.set()
+            self._server.shutdown()
+            self._server.server_close()
+            thread.join(5)
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None, "the stub is not running"
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def push(self, *faults: Fault) -> None:
+        """Answer the next requests to each fault's path with these faults, in order."""
+        with self._lock:
+            self._queue.extend(faults)
+
+    def reset(self) -> None:
+        """Forget requests, faults, rules and announced windows."""
+        with self._lock:
+            self._queue.clear()
+            self.hits.clear()
+            self.rule = None
+            self.would_ban = 0
+            self.extra_weight = 0
+            self._announced_until = -float("inf")
+
+    def requests(self, path: str = KLINES, client: str | None = None) -> list[Hit]:
+        """Recorded requests to ``path`` (from ``client`` when given)."""
+        with self._lock:
+            return [h for h in self.hits if h.path == path and client in (None, h.client)]
+
+    def used_weight(self, now: float) -> int:
+        """Weight used in the stub's current one-minute window (all clients, plus extra)."""
+        window = int(now // 60)
+        return self.extra_weight + sum(h.weight for h in self.hits if int(h.t // 60) == window)
+
+    # -- serving ---------------------------------------------------------------------------
+
+    def _handle(self, req: BaseHTTPRequestHandler) -> None:
+        url = urlsplit(req.path)
+        params = dict(parse_qsl(url.query, keep_blank_values=True))
+        client = req.headers.get(CLIENT_HEADER) or f"{req.client_address[0]}"
+        now = self.clock()
+        with self._lock:
+            self.active += 1
+            fault = None
+            if self._queue and self._queue[0].path in (url.path, "*"):
+                fault = self._queue.popleft()
+            elif self.rule is not None:
+                fault = self.rule(url.path, params)
+        try:
+            if fault is None:
+                status, body, headers = self._answer(url.path, params)
+                delay = 0.0
+            else:
+                status, headers, delay = fault.status, dict(fault.headers), fault.delay_s
+                body = fault.body if fault.body is not None else self._answer(url.path, params)[1]
+            weight = self._weight(url.path, params)
+            with self._lock:
+                inside = now < self._announced_until
+                self.would_ban += int(inside)
+                if status in (418, 429) and "Retry-After" in headers:
+                    until = now + float(headers["Retry-After"])
+                    self._announced_until = max(self._announced_until, until)
+                self.hits.append(Hit(now, url.path, params, client, weight, status, inside))
+                used = self.used_weight(now)
+            if delay and not self._wait(req, delay):
+                req.close_connection = True
+                return
+            self._write(req, status, body, {"X-MBX-USED-WEIGHT-1M": str(used), **headers})
+        finally:
+            with self._lock:
+                self.active -= 1
+
+    def _wait(self, req: BaseHTTPRequestHandler, delay: float) -> bool:
+        """Sleep ``delay`` s; return False as soon as the client hangs up or the stub stops."""
+        end = time.monotonic() + delay
+        sock: socket.socket = req.connection
+        while not self._stopping.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                return True
+            readable, _, _ = select.select([sock], [], [], min(left, 0.01))
+            if readable:
+                try:
+                    if not sock.recv(1, socket.MSG_PEEK):
+                        return False
+                except OSError:
+                    return False
+                time.sleep(min(left, 0.01))
+        return False
+
+    @staticmethod
+    def _write(
+        req: BaseHTTPRequestHandler, status: int, body: bytes, headers: Mapping[str, str]
+    ) -> None:
+        try:
+            req.send_response(status)
+            if not any(k.lower() == "content-type" for k in headers):
+                req.send_header("Content-Type", "application/json;charset=UTF-8")
+            for key, value in headers.items():
+                req.send_header(key, value)
+            req.send_header("Content-Length", str(len(body)))
+            req.end_headers()
+            req.wfile.write(body)
+        except OSError:
+            req.close_connection = True
+
+    def _weight(self, path: str, params: Mapping[str, str]) -> int:
+        if path == KLINES:
+            limit = params.get("limit", "500")
+            return kline_weight(int(limit)) if limit.isdigit() else 1
+        return WEIGHTS.get(path, 1)
+
+    def _answer(self, path: str, params: Mapping[str, str]) -> tuple[int, bytes, dict[str, str]]:
+        if path in self.answers:
+            return 200, self.answers[path], {}
+        if path != KLINES:
+            return 404, b"<html><body>Not Found</body></html>", {"Content-Type": "text/html"}
+        return self._klines(params)
+
+    def _klines(self, p: Mapping[str, str]) -> tuple[int, bytes, dict[str, str]]:
+        def error(code: int, msg: str) -> tuple[int, bytes, dict[str, str]]:
+            return 400, json.dumps({"code": code, "msg": msg}).encode(), {}
+
+        symbol, interval = p.get("symbol", ""), p.get("interval", "")
+        if not symbol:
+            return error(-1102, "Mandatory parameter 'symbol' was not sent, was empty/null.")
+        if symbol not in self.symbols:
+            return error(-1121, "Invalid symbol.")
+        if interval not in BINANCE_INTERVALS:
+            return error(-1120, "Invalid interval.")
+        numbers: dict[str, int] = {}
+        for name in ("limit", "startTime", "endTime"):
+            if name in p:
+                if not p[name].lstrip("-").isdigit():
+                    return error(-1100, f"Illegal characters found in parameter '{name}'.")
+                numbers[name] = int(p[name])
+        limit = numbers.get("limit", 500)
+        if not 1 <= limit <= 1000:
+            return error(-1130, "Data sent for parameter 'limit' is not valid.")
+        series = self.series.get((symbol, interval))
+        if series is None:
+            return 200, b"[]", {}
+        t = series.open_time
+        lo = int(np.searchsorted(t, numbers.get("startTime", 0), side="left"))
+        hi = int(np.searchsorted(t, numbers.get("endTime", 2**62), side="right"))
+        i, j = (lo, min(hi, lo + limit)) if "startTime" in numbers else (max(lo, hi - limit), hi)
+        return 200, json.dumps(series.rows(i, j), separators=(",", ":")).encode(), {}
+
+
+# -- hostile bodies for A7 --------------------------------------------------------------------
+
+GOOD_ROW: list[Any] = [
+    1634943780000, "60685.22", "60729.84", "60670.90", "60719.27", "21.63272000",
+    1634943839999, "1313200.01340410", 617, "12.28492000", "745719.41022840", "0",
+]  # fmt: skip
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=12,
+)
+
+
+@st.composite
+def malformed_bodies(draw: st.DrawFn) -> bytes:
+    """Bodies a broken or hostile server might send (a hypothesis strategy); some are valid."""
+    kind = draw(st.integers(0, 7))
+    good = [list(GOOD_ROW) for _ in range(draw(st.integers(0, 5)))]
+    if kind == 0:
+        return draw(st.binary(max_size=200))
+    if kind == 1:
+        html = "<html><head><title>502 Bad Gateway</title></head><body>{}</body></html>"
+        return html.format(draw(st.text(max_size=50))).encode()
+    if kind == 2:
+        text = json.dumps(good)
+        return text[: draw(st.integers(0, max(0, len(text) - 1)))].encode()
+    if kind == 3:
+        return json.dumps(draw(json_values), allow_nan=True).encode()
+    if kind == 4 and good:
+        row = draw(st.sampled_from(good))
+        row[draw(st.integers(0, 11))] = draw(json_values)
+        return json.dumps(good, allow_nan=True).encode()
+    if kind == 5 and good:
+        row = draw(st.sampled_from(good))
+        del row[draw(st.integers(0, 11)) :]
+        return json.dumps(good).encode()
+    if kind == 6:
+        return json.dumps({"code": draw(st.integers(-2100, 0)), "msg": "x"}).encode()
+    return json.dumps(good).encode()
+
+
+class TaggedTransport(httpx2.AsyncBaseTransport):
+    """A real HTTP transport that names its client to the stub (``X-Test-Client``)."""
+
+    def __init__(self, client_id: str) -> None:
+        self.client_id = client_id
+        self._inner = httpx2.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        request.headers[CLIENT_HEADER] = self.client_id
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
