@@ -14,6 +14,8 @@ failing on a lock upgrade), a deferred ``BEGIN`` for reads.
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -108,6 +110,28 @@ def create_engine(
     )
 
 
+def _enter_wal(cursor: Any, busy_timeout_s: float) -> None:
+    """Switch the file to WAL, retrying "database is locked" until the busy timeout.
+
+    The switch takes an exclusive lock, and SQLite answers SQLITE_BUSY at once, without
+    its busy handler, when another process is opening or converting the same new file
+    (two processes starting together lost one of them to this in CI). WAL is persistent,
+    so once any connection has switched, this is a read that returns "wal".
+    """
+    deadline = time.monotonic() + busy_timeout_s
+    pause = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = "locked" in str(exc) or "busy" in str(exc)
+            if not busy or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)  # runs on the driver's own thread, never on the event loop
+        pause = min(pause * 2, 0.1)
+
+
 def _sqlite_events(engine: AsyncEngine, busy_timeout_s: float) -> None:
     busy_ms = max(0, int(busy_timeout_s * 1000))
 
@@ -115,14 +139,13 @@ def _sqlite_events(engine: AsyncEngine, busy_timeout_s: float) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (see below)
         cursor = dbapi_connection.cursor()
-        for pragma in (
-            "PRAGMA journal_mode=WAL",
-            f"PRAGMA busy_timeout={busy_ms}",
-            "PRAGMA foreign_keys=ON",
-            "PRAGMA synchronous=NORMAL",
-        ):
-            cursor.execute(pragma)
-        cursor.close()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+            _enter_wal(cursor, busy_timeout_s)
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
