@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,3 +199,25 @@ async def test_resampled_and_fetched_higher_timeframes_agree_for_the_sim_source(
         assert np.array_equal(a.open_time, b.open_time)
         for col in ("open", "high", "low", "close", "volume"):
             np.testing.assert_allclose(getattr(a, col), getattr(b, col), rtol=1e-9)
+
+
+async def test_months_are_built_from_daily_bars_when_one_file_holds_only_days(
+    candles_dir: Path,
+) -> None:
+    """A single 1d file (no 1M file to fetch): the 1w and 1M bars are resampled from it,
+    calendar months closed by the as-of only; before, the monthly request failed."""
+    from conclave.market.sources.files import FileSource
+
+    path = candles_dir / "binance_BTCUSDT_1d_20170817-20221010.csv"
+    as_of = 1_661_990_400_000 + 12 * HOUR_MS  # 2022-09-01T12:00Z
+    snap = await MarketGateway(FileSource(path), resample="resample").snapshot(
+        "BTCUSDT", "1d", higher=["1w", "1M"], limit=400, higher_limit=12, as_of_ms=as_of
+    )
+    assert snap.resampled == frozenset({"1w", "1M"})
+    months = snap.candles["1M"]
+    assert len(months) == 12
+    assert int(months.open_time[-1]) == 1_659_312_000_000  # 2022-08-01, closed at 09-01
+    days = snap.base
+    august = (days.open_time >= 1_659_312_000_000) & (days.open_time < 1_661_990_400_000)
+    assert months.high[-1] == days.high[august].max()
+    assert months.close[-1] == days.close[august][-1]

@@ -29,7 +29,7 @@ from conclave.market.candles import Candles
 from conclave.market.resample import resample
 from conclave.market.sources.base import MAX_LIMIT, CandleSource, check_limit, check_symbol
 from conclave.market.validation import ValidationReport, find_gaps, validate
-from conclave.timeframes import Timeframe
+from conclave.timeframes import DAY_MS, Timeframe
 
 ResamplePolicy = Literal["auto", "fetch", "resample"]
 
@@ -91,7 +91,7 @@ class MarketGateway:
         self._policy = resample
         self._max_resample_bars = max_resample_bars
 
-    def _resample_plan(
+    def resample_plan(
         self, base: Timeframe, higher: Sequence[Timeframe], limit: int, higher_limit: int
     ) -> tuple[int, list[Timeframe]]:
         """Base bars to fetch and the higher timeframes to resample from them."""
@@ -100,9 +100,10 @@ class MarketGateway:
         if self._policy == "fetch":
             return base_limit, planned
         for tf in higher:
-            if tf.is_monthly or not base.divides(tf):
+            if not base.divides(tf):
                 continue
-            needed = (higher_limit + 2) * (tf.ms // base.ms) + 1
+            longest = 31 * DAY_MS if tf.is_monthly else tf.ms  # a calendar month: 28-31 days
+            needed = (higher_limit + 2) * -(-longest // base.ms) + 1
             if self._policy == "resample" or needed <= max(limit, self._max_resample_bars):
                 planned.append(tf)
                 base_limit = min(max(base_limit, needed), MAX_LIMIT)
@@ -141,7 +142,7 @@ class MarketGateway:
                 )
             highers.append(tf)
 
-        base_limit, resampled = self._resample_plan(base, highers, limit, n_higher)
+        base_limit, resampled = self.resample_plan(base, highers, limit, n_higher)
         fetched = [tf for tf in highers if tf not in resampled]
         requests = [(base, base_limit)] + [(tf, min(n_higher + 1, MAX_LIMIT)) for tf in fetched]
         results = await asyncio.gather(

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from conclave.errors import (
     ConfigurationError,
     InvalidRequestError,
@@ -153,9 +155,9 @@ class FileSource:
         check_symbol(symbol)
         tf = Timeframe.parse(timeframe)
         candles = await asyncio.to_thread(self.load, symbol, tf)
-        if end is not None:
-            candles = candles.until(end)
-        return candles.tail(limit)
+        # cut by index first, so that only the ``limit`` bars returned are copied
+        stop = len(candles) if end is None else int(np.searchsorted(candles.open_time, end))
+        return candles.take(slice(max(0, stop - limit), stop))
 
     async def aclose(self) -> None:
         """Drop the parsed files."""
