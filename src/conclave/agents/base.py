@@ -215,6 +215,9 @@ class SeriesOutput:
 
     ``evidence`` describes the last bar in plain JSON types. ``status``/``reason`` let an
     agent say why it has no view (news-sentiment without a source: confidence 0 and why).
+    ``columns`` holds per-bar numbers the decision reads from the evidence (each the same
+    length as ``score``; volatility-regime: ``size_multiplier``), so the backtester has
+    every bar's value, not only the last one's.
     """
 
     score: F64
@@ -222,6 +225,7 @@ class SeriesOutput:
     evidence: dict[str, Any]
     status: Status = "ok"
     reason: str = ""
+    columns: Mapping[str, F64] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +321,11 @@ class Agent(ABC):
                     f"{self.name}: {label} must be an array of {n} values, got shape {shape}",
                     agent=self.name,
                 )
+        for key, col in out.columns.items():
+            if not isinstance(col, np.ndarray) or col.shape != (n,):
+                raise AgentOutputError(
+                    f"{self.name}: column {key!r} must be an array of {n} values", agent=self.name
+                )
         s, c = out.score, out.confidence
         if n == 1:
             s_, c_ = float(s[0]), float(c[0])
@@ -368,8 +377,9 @@ class Agent(ABC):
         ignores an override when a subclass overrides `compute` but not `compute_last`.
         """
         out = self.compute(data)
+        last = {k: v[-1:] for k, v in out.columns.items()}
         return SeriesOutput(
-            out.score[-1:], out.confidence[-1:], out.evidence, out.status, out.reason
+            out.score[-1:], out.confidence[-1:], out.evidence, out.status, out.reason, last
         )
 
     def run(self, data: AgentInput, *, now_iso: str) -> AgentResult:

@@ -91,6 +91,8 @@ class VolatilityRegime(Agent):
         first = self.min_bars(data.timeframe) - 1 - (n - tail)
         score, conf = finish(np.zeros(tail), conf, max(first, 0))
 
+        # per bar, as the evidence gives it for the last: flat bars size at 1.0
+        mult = np.where(a > 0, np.asarray(p.multipliers)[band], 1.0)
         b = int(band[-1])
         flat = not bool(a[-1] > 0)
         evidence = {
@@ -100,4 +102,4 @@ class VolatilityRegime(Agent):
             "percentile": fnum(100.0 * pct[-1]),
             "size_multiplier": 1.0 if flat else float(p.multipliers[b]),
         }
-        return SeriesOutput(score, conf, evidence)
+        return SeriesOutput(score, conf, evidence, columns={"size_multiplier": mult})
