@@ -24,6 +24,7 @@ CONFIRMED at the first bar t (per candidate) whose close breaks its key level wi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +34,7 @@ from conclave.agents import indicators as ind
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 B = npt.NDArray[np.bool_]
+_G = TypeVar("_G", bound=np.generic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,27 +70,59 @@ def first_in_segment(cond: B, seg: I64) -> B:
 
 def _run_start(seg: I64) -> I64:
     """Index of the first bar of the run of equal ``seg`` each bar is in (nondecreasing)."""
-    return np.asarray(np.searchsorted(seg, seg, side="left"), dtype=np.int64)
+    n = seg.shape[0]
+    brk = np.empty(n, dtype=np.bool_)
+    brk[:1] = True
+    np.not_equal(seg[1:], seg[:-1], out=brk[1:])
+    starts = np.where(brk, np.arange(n, dtype=np.int64), 0)
+    return np.asarray(np.maximum.accumulate(starts), dtype=np.int64)
 
 
 def first_in_segments(cond: B, starts: I64, group: npt.NDArray[np.intp]) -> B:
     """Row r of ``cond`` (shape ``(rows, n)``) only at its first true bar within each run,
     the runs' first bars given by row ``group[r]`` of ``starts`` (see `_run_start`)."""
-    rows, n = cond.shape
-    cs = np.zeros((rows, n + 1), dtype=np.int64)
-    np.cumsum(cond, axis=1, out=cs[:, 1:])  # cs[:, i] = trues before bar i
-    before = np.take_along_axis(cs, starts[group], axis=1)
-    return np.asarray(cond & (cs[:, 1:] - before == 1), dtype=np.bool_)
+    n = cond.shape[1]
+    flat = np.flatnonzero(cond)  # true bars, row by row, ascending within a row
+    r = flat // n
+    t = flat - r * n
+    # first in its run: the row's previous true bar (if any) lies before the run's start
+    prev_ok = np.ones(t.shape[0], dtype=np.bool_)
+    prev_ok[1:] = (r[1:] != r[:-1]) | (t[:-1] < starts[group[r[1:]], t[1:]])
+    out = np.zeros(cond.shape, dtype=np.bool_)
+    out[r[prev_ok], t[prev_ok]] = True
+    return out
 
 
-def _latest(
-    idx: I64, k: int, n: int, tables: list[tuple[npt.NDArray[np.generic], float]]
-) -> list[npt.NDArray[np.generic]]:
-    """Per table (one value per swing), rows 0..2: the latest, previous and third-latest
-    swing confirmed by each bar (``idx + k <= t``); ``fill`` where there is none."""
-    pos = np.searchsorted(idx + k, np.arange(n), side="right")  # latest swing + 1
-    j = np.maximum(pos[None, :] - _BACK, 0)
-    return [np.concatenate(([fill], tab))[j] for tab, fill in tables]
+@dataclass(frozen=True, slots=True)
+class _Swings:
+    """One side's swings as known at each bar, held per number of confirmed swings.
+
+    Entry p of ``idx`` / ``val`` / ``gap`` rows 0..2 describes the latest, previous and
+    third-latest swing once p swings are confirmed (``idx + k <= t``), with -1 / NaN where
+    there is none; ``gap`` is the trough (crest) before each. `at_bars` repeats an entry
+    over the bars it holds for (the bars are in runs: the count only grows).
+    """
+
+    idx: I64
+    val: F64
+    gap: F64
+    runs: I64
+
+    @classmethod
+    def build(cls, idx: I64, val: F64, gap: F64, k: int, n: int) -> _Swings:
+        at = idx[idx + k < n] + k  # the bar confirming each swing (ascending)
+        m = at.shape[0]
+        runs = np.diff(np.concatenate(([0], at, [n]))).astype(np.int64)
+        back = np.maximum(np.arange(m + 1)[None, :] - _BACK, 0)  # entry p, row b: p - b
+
+        def rows(tab: npt.NDArray[_G], fill: float) -> npt.NDArray[_G]:
+            return np.asarray(np.concatenate(([fill], tab[:m]))[back], dtype=tab.dtype)
+
+        return cls(rows(idx, -1), rows(val, np.nan), rows(gap, np.nan), runs)
+
+    def at_bars(self, x: npt.NDArray[_G]) -> npt.NDArray[_G]:
+        """A per-entry array as per bar (entry p at every bar where p swings are known)."""
+        return np.repeat(x, self.runs)
 
 
 _BACK = np.arange(3)[:, None]
@@ -105,12 +139,23 @@ def between(x: F64, idx: I64, op: np.ufunc) -> F64:
 
 
 def _valid_after(ev: B, t_from: I64, x: F64, limit: F64, above: bool) -> B:
-    """Drop events where ``x`` went beyond ``limit`` after ``t_from`` (few events: a loop)."""
+    """Drop events where ``x`` went beyond ``limit`` after ``t_from`` (few events)."""
     out = ev.copy()
-    for t in np.flatnonzero(ev):
-        seg = x[t_from[t] + 1 : t + 1]
-        if seg.size and ((seg.max() > limit[t]) if above else (seg.min() < limit[t])):
-            out[t] = False
+    ts = np.flatnonzero(ev)
+    if not ts.size:
+        return out
+    first = t_from[ts] + 1  # the slice ``x[first : t + 1]`` (a negative start counts back)
+    first = np.where(first < 0, np.maximum(first + x.shape[0], 0), first)
+    span = int((ts - first).max(initial=-1)) + 1
+    if span <= 0:
+        return out
+    # every event's bars first..t as a row (padded with its own bar t: max/min unchanged)
+    at = ts[:, None] - np.arange(span)[None, :]
+    at = np.where(at >= first[:, None], at, ts[:, None])
+    seg = x[at]
+    ext = seg.max(axis=1) if above else seg.min(axis=1)
+    beyond = (ext > limit[ts]) if above else (ext < limit[ts])
+    out[ts[beyond & (first <= ts)]] = False
     return out
 
 
@@ -119,78 +164,92 @@ def detect(h: F64, lo: F64, c: F64, s: Settings) -> list[Detection]:
     n = c.shape[0]
     t = np.arange(n)
     hi_idx, lo_idx = ind.swing_points(h, lo, s.k)
-    # row b of each: the b-th latest swing known at t (index, price, trough or crest before)
-    hs, vh, trs = _latest(
-        hi_idx,
-        s.k,
-        n,
-        [(hi_idx, -1), (h[hi_idx], np.nan), (between(lo, hi_idx, np.minimum), np.nan)],
-    )
-    ls, vl, crs = _latest(
-        lo_idx,
-        s.k,
-        n,
-        [(lo_idx, -1), (lo[lo_idx], np.nan), (between(h, lo_idx, np.maximum), np.nan)],
-    )
-    h0, h1, h2 = hs
-    l0, l1, l2 = ls
-    vh0, vh1, vh2 = vh
-    vl0, vl1, vl2 = vl
-    tr0, tr1 = trs[0], trs[1]
-    cr0, cr1 = crs[0], crs[1]
-    ph, pl = h0, l0  # constant while no new swing is confirmed: the segments
-    fresh_h = (h0 >= 0) & (t - h0 <= s.breakout_bars)
-    fresh_l = (l0 >= 0) & (t - l0 <= s.breakout_bars)
-    in2h, in3h = (h1 >= 0) & (h1 > t - s.window), (h2 >= 0) & (h2 > t - s.window)
-    in2l, in3l = (l1 >= 0) & (l1 > t - s.window), (l2 >= 0) & (l2 > t - s.window)
+    # the b-th latest swing known at t (index, price, trough or crest before), per number of
+    # swings known: what depends on the swings alone is computed once per swing, then
+    # repeated over the bars (the same operations on the same values as bar by bar)
+    sh = _Swings.build(hi_idx, h[hi_idx], between(lo, hi_idx, np.minimum), s.k, n)
+    sl = _Swings.build(lo_idx, lo[lo_idx], between(h, lo_idx, np.maximum), s.k, n)
+    i0, i1, i2 = sh.idx
+    j0, j1, j2 = sl.idx
+    v0, v1, v2 = sh.val
+    w0, w1, w2 = sl.val
+    x0, x1 = sh.gap[0], sh.gap[1]
+    y0, y1 = sl.gap[0], sl.gap[1]
     with np.errstate(invalid="ignore", divide="ignore"):
-        # double top / bottom
-        top = np.fmax(vh0, vh1)
-        ok = in2h & fresh_h & (np.abs(vh0 - vh1) <= s.tolerance * top)
-        ok &= top - tr0 >= s.min_height * top
-        c_top = ok & (c < tr0)
-        bot = np.fmin(vl0, vl1)
-        ok = in2l & fresh_l & (np.abs(vl0 - vl1) <= s.tolerance * bot)
-        ok &= cr0 - bot >= s.min_height * bot
-        c_bot = ok & (c > cr0)
-        # head and shoulders / inverse
-        neck_h = np.fmin(tr0, tr1)
-        ok = in3h & fresh_h & (vh1 >= np.fmax(vh0, vh2) * (1 + s.head_margin))
-        ok &= np.abs(vh0 - vh2) <= s.tolerance * vh1
-        ok &= vh1 - neck_h >= s.min_height * vh1
-        c_hs = ok & (c < neck_h)
-        neck_l = np.fmax(cr0, cr1)
-        ok = in3l & fresh_l & (vl1 * (1 + s.head_margin) <= np.fmin(vl0, vl2))
-        ok &= np.abs(vl0 - vl2) <= s.tolerance * vl1
-        ok &= neck_l - vl1 >= s.min_height * vl1
-        c_ihs = ok & (c > neck_l)
-        # support / resistance breakouts
-        res = np.fmax(vh0, vh1)
-        ok = in2h & fresh_h & (np.abs(vh0 - vh1) <= s.tolerance * res)
-        ok &= res - tr0 >= 0.5 * s.min_height * res
-        c_res = ok & (c > res)
-        sup = np.fmin(vl0, vl1)
-        ok = in2l & fresh_l & (np.abs(vl0 - vl1) <= s.tolerance * sup)
-        ok &= cr0 - sup >= 0.5 * s.min_height * sup
-        c_sup = ok & (c < sup)
-        # triangles
+        # per swing: double top / bottom, head and shoulders / inverse, breakouts
+        top_s = np.fmax(v0, v1)
+        like_h = np.abs(v0 - v1) <= s.tolerance * top_s
+        a_top = like_h & (top_s - x0 >= s.min_height * top_s)
+        a_res = like_h & (top_s - x0 >= 0.5 * s.min_height * top_s)
+        neck_hs = np.fmin(x0, x1)
+        a_hs = v1 >= np.fmax(v0, v2) * (1 + s.head_margin)
+        a_hs &= np.abs(v0 - v2) <= s.tolerance * v1
+        a_hs &= v1 - neck_hs >= s.min_height * v1
+        bot_s = np.fmin(w0, w1)
+        like_l = np.abs(w0 - w1) <= s.tolerance * bot_s
+        a_bot = like_l & (y0 - bot_s >= s.min_height * bot_s)
+        a_sup = like_l & (y0 - bot_s >= 0.5 * s.min_height * bot_s)
+        neck_ls = np.fmax(y0, y1)
+        a_ihs = w1 * (1 + s.head_margin) <= np.fmin(w0, w2)
+        a_ihs &= np.abs(w0 - w2) <= s.tolerance * w1
+        a_ihs &= neck_ls - w1 >= s.min_height * w1
+        dh_s, dl_s = v0 - v1, w0 - w1
+        flat_hs, fall_hs = np.abs(dh_s) <= s.tolerance * v1, dh_s < -s.tolerance * v1
+        slope_h, slope_l = dh_s / np.maximum(i0 - i1, 1), dl_s / np.maximum(j0 - j1, 1)
+
+        bh, bl = sh.at_bars, sl.at_bars
+        h0, h1, h2 = bh(i0), bh(i1), bh(i2)
+        l0, l1, l2 = bl(j0), bl(j1), bl(j2)
+        vh0, vh1, vh2 = bh(v0), bh(v1), bh(v2)
+        vl0, vl1, vl2 = bl(w0), bl(w1), bl(w2)
+        tr0, cr0, top, bot = bh(x0), bl(y0), bh(top_s), bl(bot_s)
+        neck_h, neck_l = bh(neck_hs), bl(neck_ls)
+        fresh_h = (h0 >= 0) & (t - h0 <= s.breakout_bars)
+        fresh_l = (l0 >= 0) & (t - l0 <= s.breakout_bars)
+        in2h, in3h = (h1 >= 0) & (h1 > t - s.window), (h2 >= 0) & (h2 > t - s.window)
+        in2l, in3l = (l1 >= 0) & (l1 > t - s.window), (l2 >= 0) & (l2 > t - s.window)
+        new_h, new_l = in2h & fresh_h, in2l & fresh_l
+        c_top = new_h & bh(a_top) & (c < tr0)
+        c_res = new_h & bh(a_res) & (c > top)
+        c_hs = in3h & fresh_h & bh(a_hs) & (c < neck_h)
+        c_bot = new_l & bl(a_bot) & (c > cr0)
+        c_sup = new_l & bl(a_sup) & (c < bot)
+        c_ihs = in3l & fresh_l & bl(a_ihs) & (c > neck_l)
+        res, sup = top, bot
+        # triangles: the highs' line against the lows'
         ref = vh1
-        dh, dl = vh0 - vh1, vl0 - vl1
-        flat_h, flat_l = np.abs(dh) <= s.tolerance * ref, np.abs(dl) <= s.tolerance * ref
-        rise_l, fall_h = dl > s.tolerance * ref, dh < -s.tolerance * ref
-        upper = vh0 + dh / np.maximum(h0 - h1, 1) * (t - h0)
-        lower = vl0 + dl / np.maximum(l0 - l1, 1) * (t - l0)
+        dl = bl(dl_s)
+        flat_h, fall_h = bh(flat_hs), bh(fall_hs)
+        flat_l, rise_l = np.abs(dl) <= s.tolerance * ref, dl > s.tolerance * ref
+        upper = vh0 + bh(slope_h) * (t - h0)
+        lower = vl0 + bl(slope_l) * (t - l0)
         last = np.maximum(h0, l0)
         base = in2h & in2l & (np.maximum(h1, l1) < np.minimum(h0, l0)) & (upper > lower)
         base &= (t - last <= s.breakout_bars) & (vh1 - vl1 >= s.min_height * ref)
-        shapes = np.stack([flat_h & rise_l, fall_h & flat_l, fall_h & rise_l]) & base
-        tri = np.concatenate([shapes & (c > upper), shapes & (c < lower)])
-    # one pass for the twelve conditions: each only at its first bar per run of its swings
-    conds = np.concatenate([np.stack([c_top, c_hs, c_res, c_bot, c_ihs, c_sup]), tri])
-    starts = np.stack([_run_start(ph), _run_start(pl), _run_start(ph + pl)])
-    firsts = first_in_segments(conds, starts, _GROUPS)
-    e_top, e_hs, e_res, e_bot, e_ihs, e_sup = firsts[:6]
-    e_tri = firsts[6:]
+        shapes = [flat_h & rise_l & base, fall_h & flat_l & base, fall_h & rise_l & base]
+        above, below = c > upper, c < lower
+
+    def firsts(cond: B, group: int) -> B:
+        """``cond`` only at its first bar per run of its swings (`first_in_segments`): a run
+        starts where its latest swing was confirmed (`_run_start` of the latest swing's
+        index): the highs' (group 0), the lows' (1) or the later of the two (2)."""
+        ts = np.flatnonzero(cond)
+        if group != 1:
+            at_h = h0[ts]
+            start = np.where(at_h >= 0, at_h + s.k, 0)
+        if group != 0:
+            at_l = l0[ts]
+            start_l = np.where(at_l >= 0, at_l + s.k, 0)
+            start = start_l if group == 1 else np.maximum(start, start_l)
+        keep = np.ones(ts.shape[0], dtype=np.bool_)
+        keep[1:] = ts[:-1] < start[1:]  # the previous true bar lies before this run
+        out = np.zeros(n, dtype=np.bool_)
+        out[ts[keep]] = True
+        return out
+
+    e_top, e_hs, e_res = firsts(c_top, 0), firsts(c_hs, 0), firsts(c_res, 0)
+    e_bot, e_ihs, e_sup = firsts(c_bot, 1), firsts(c_ihs, 1), firsts(c_sup, 1)
+    e_tri = [firsts(sh & above, 2) for sh in shapes] + [firsts(sh & below, 2) for sh in shapes]
     minus, plus = np.full(n, -1.0), np.full(n, 1.0)
     out = [
         Detection(

@@ -75,12 +75,18 @@ def ta_candle(name: str, o: F64, h: F64, lo: F64, c: F64) -> I64:
 # -- bounded-window helpers ------------------------------------------------------------------
 
 
-def _reduce(x: F64, w: int, combine: Combine) -> F64:
-    """``r[..., j]`` = reduction of ``x[..., j : j + w]`` by doubling blocks, j in 0..n-w."""
+def _reduce(x: F64, w: int, combine: Combine, decay: float | None = None) -> F64:
+    """``r[..., j]`` = reduction of ``x[..., j : j + w]`` by doubling blocks, j in 0..n-w.
+
+    ``decay`` says ``combine`` is ``left * decay**size + right``; long inputs then do the
+    same operations into reused buffers (`_reduce_long`).
+    """
     n = x.shape[-1]
     m = n - w + 1
     if w <= 0 or m <= 0:
         return np.zeros(0, dtype=np.float64)
+    if x.size >= 8192:
+        return _reduce_long(x, w, combine, decay)
     cur, size, start = x, 1, 0
     res: F64 | None = None
     while True:
@@ -91,6 +97,55 @@ def _reduce(x: F64, w: int, combine: Combine) -> F64:
         if size * 2 > w:
             break
         cur = combine(cur[..., :-size], cur[..., size:], size)
+        size *= 2
+    assert res is not None
+    return res
+
+
+def _reduce_long(x: F64, w: int, combine: Combine, decay: float | None) -> F64:
+    """`_reduce` with the same operations written into two reused buffers (long inputs)."""
+    m = x.shape[-1] - w + 1
+    uf = _UFUNCS.get(combine)
+    if uf is None and decay is None:  # an arbitrary combine: fresh arrays
+        cur_: F64 = x
+        res_: F64 | None = None
+        size, start = 1, 0
+        while True:
+            if w & size:
+                part = cur_[..., start : start + m]
+                res_ = part.copy() if res_ is None else combine(res_, part, size)
+                start += size
+            if size * 2 > w:
+                break
+            cur_ = combine(cur_[..., :-size], cur_[..., size:], size)
+            size *= 2
+        assert res_ is not None
+        return res_
+    dec = 1.0 if decay is None else decay
+    spare = [np.empty(x.shape, dtype=x.dtype) for _ in range(2)]
+    cur, size, start = x, 1, 0
+    res: F64 | None = None
+    while True:
+        if w & size:
+            part = cur[..., start : start + m]
+            if res is None:
+                res = part.copy()
+            elif uf is not None:
+                uf(res, part, out=res)
+            else:
+                np.multiply(res, dec**size, out=res)
+                np.add(res, part, out=res)
+            start += size
+        if size * 2 > w:
+            break
+        nxt = spare[0][..., : cur.shape[-1] - size]
+        if uf is not None:
+            uf(cur[..., :-size], cur[..., size:], out=nxt)
+        else:
+            np.multiply(cur[..., :-size], dec**size, out=nxt)
+            np.add(nxt, cur[..., size:], out=nxt)
+        spare.reverse()  # the other buffer next time: never written while read
+        cur = nxt
         size *= 2
     assert res is not None
     return res
@@ -150,6 +205,9 @@ def _min(a: F64, b: F64, _: int) -> F64:
     return np.minimum(a, b)
 
 
+_UFUNCS: dict[Combine, np.ufunc] = {_add: np.add, _max: np.maximum, _min: np.minimum}
+
+
 def rolling_sum(x: F64, w: int) -> F64:
     """Sum of the last ``w`` values at every bar (NaN before the window is full)."""
     x = _f64(x)
@@ -174,17 +232,80 @@ def rolling_min(x: F64, w: int) -> F64:
 
 
 def rolling_std(x: F64, w: int) -> F64:
-    """Population standard deviation of the last ``w`` values (two-pass, centred)."""
+    """Population standard deviation of the last ``w`` values (two-pass, centred).
+
+    The squared deviations of a window are summed by `pairwise_rows` (numpy's order for
+    one contiguous row, as ``np.add.reduce`` over the window's row gives), one lag at a time
+    across all windows: the same operations for every window, wherever the array starts.
+    """
     x = _f64(x)
     n = x.shape[0]
     if n < w:
         return np.full(n, np.nan)
+    m = n - w + 1
     mean = _reduce(x, w, _add) / w
-    win = np.lib.stride_tricks.sliding_window_view(x, w)
-    dev = np.ascontiguousarray(win - mean[:, None])
-    # one contiguous row per window, reduced along the row: the same order for every window
-    var = np.add.reduce(dev * dev, axis=1) / w
-    return _pad(np.sqrt(var), n)
+
+    def sq(i: int) -> F64:  # the i-th squared deviation of every window
+        dev = x[i : i + m] - mean
+        return np.multiply(dev, dev, out=dev)
+
+    var = pairwise_rows(sq, w)
+    var /= w
+    return _pad(np.sqrt(var, out=var), n)
+
+
+def pairwise_rows(term: Callable[[int], F64], n: int, lo: int = 0) -> F64:
+    """``term(lo) + ... + term(lo + n - 1)`` in numpy's pairwise order for one row.
+
+    numpy's float sum of a contiguous row (``np.add.reduce`` over the last axis) adds fewer
+    than 8 values left to right, up to 128 in 8 interleaved accumulators combined as
+    ``((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))`` then the rest left to right, and
+    splits longer rows at half (rounded down to a multiple of 8). Each ``term`` is a fresh
+    array (it is updated in place). `pairwise_floats` is the same on plain floats.
+    """
+    if n < 8:
+        res = term(lo)
+        for i in range(lo + 1, lo + n):
+            res += term(i)
+        return res
+    if n <= 128:
+        r = [term(lo + j) for j in range(8)]
+        i = 8
+        while i < n - n % 8:
+            for j in range(8):
+                r[j] += term(lo + i + j)
+            i += 8
+        res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+        for k in range(i, n):
+            res += term(lo + k)
+        return res
+    half = n // 2
+    half -= half % 8
+    return pairwise_rows(term, half, lo) + pairwise_rows(term, n - half, lo + half)
+
+
+def pairwise_floats(v: list[float]) -> float:
+    """`pairwise_rows` of plain floats (the sum of one row, for the last-bar paths)."""
+    n = len(v)
+    if n < 8:
+        res = v[0] if n else 0.0
+        for k in range(1, n):
+            res += v[k]
+        return res
+    if n <= 128:
+        r = v[:8]
+        i = 8
+        while i < n - n % 8:
+            for j in range(8):
+                r[j] += v[i + j]
+            i += 8
+        res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+        for k in range(i, n):
+            res += v[k]
+        return res
+    half = n // 2
+    half -= half % 8
+    return pairwise_floats(v[:half]) + pairwise_floats(v[half:])
 
 
 def exp_window_sum(x: F64, a: float, w: int) -> F64:
@@ -197,7 +318,7 @@ def exp_window_sum(x: F64, a: float, w: int) -> F64:
     def comb(left: F64, right: F64, size: int) -> F64:
         return left * (a**size) + right
 
-    return _pad(_reduce(x, w, comb), x.shape[-1])
+    return _pad(_reduce(x, w, comb, a), x.shape[-1])
 
 
 def wilder_window(x: F64, period: int, n: int) -> F64:
@@ -223,7 +344,7 @@ def wilder_window(x: F64, period: int, n: int) -> F64:
     def comb(left: F64, right: F64, sz: int) -> F64:
         return left * (a**sz) + right
 
-    tail = _reduce(x, r, comb)  # tail[j] covers x[j : j + r]
+    tail = _reduce(x, r, comb, a)  # tail[j] covers x[j : j + r]
     avg = seed[..., :m] * (a**r) + tail[..., period : period + m] / period
     return _pad(avg, size)
 
@@ -268,7 +389,50 @@ def atr(high: F64, low: F64, close: F64, period: int = 14, window: int = 100) ->
 
 
 def percent_rank(x: F64, w: int) -> F64:
-    """Mid-rank of ``x[t]`` among the last ``w`` values, in [0, 1] (ties count half)."""
+    """Mid-rank of ``x[t]`` among the last ``w`` values, in [0, 1] (ties count half).
+
+    ``(#{x[j] < x[t]} + 0.5 * #{x[j] == x[t]}) / w`` over the window, NaN where the window
+    holds a NaN (where its `rolling_sum` is NaN). The counts are exact integers (the same
+    comparisons as `percent_rank_ref`, one lag at a time over the whole array).
+    """
+    x = _f64(x)
+    n = x.shape[0]
+    if n < w:
+        return np.full(n, np.nan)
+    less = _count_lagged(x, w, np.less)
+    srt = np.sort(x)
+    if np.any(srt[1:] == srt[:-1]):  # some value occurs twice: count the equal ones
+        equal = _count_lagged(x, w, np.equal)
+        equal += 1  # x[t] itself (a NaN x[t] is masked below: its window sum is NaN)
+    else:  # no two equal values anywhere: x[t] alone equals x[t]
+        equal = np.ones(less.shape[0], dtype=np.int64)
+    out = (less + 0.5 * equal) / w
+    bad = np.isnan(rolling_sum(x, w))[w - 1 :]
+    out[bad] = np.nan
+    return _pad(out, n)
+
+
+def _count_lagged(x: F64, w: int, op: np.ufunc) -> npt.NDArray[np.int64]:
+    """``#{0 < d < w : op(x[t - d], x[t])}`` for every t in w-1..n-1 (exact counts)."""
+    n = x.shape[0]
+    m = n - w + 1
+    cur = x[w - 1 :]
+    total = np.zeros(m, dtype=np.int64)
+    acc = np.zeros(m, dtype=np.uint8)  # flushed before it can wrap (at most 255 lags)
+    hit = np.empty(m, dtype=np.bool_)
+    bits = hit.view(np.uint8)
+    for d in range(1, w):
+        op(x[w - 1 - d : n - d], cur, out=hit)
+        np.add(acc, bits, out=acc)
+        if d % 255 == 0:
+            total += acc
+            acc.fill(0)
+    total += acc
+    return total
+
+
+def percent_rank_ref(x: F64, w: int) -> F64:
+    """`percent_rank` by brute force over a sliding-window view (the reference for tests)."""
     x = _f64(x)
     n = x.shape[0]
     if n < w:
@@ -305,10 +469,11 @@ def swing_points(high: F64, low: F64, k: int) -> tuple[I64, I64]:
         return e, e.copy()
     hmax = _reduce(h, k, _max)  # hmax[j] = max h[j : j + k]
     lmin = _reduce(lo, k, _min)
-    i = np.arange(k, n - k)
-    is_hi = (h[i] > hmax[i - k]) & (h[i] >= hmax[i + 1])
-    is_lo = (lo[i] < lmin[i - k]) & (lo[i] <= lmin[i + 1])
-    return i[is_hi].astype(np.int64), i[is_lo].astype(np.int64)
+    m = n - 2 * k  # candidates i = k .. n-k-1: slices of the arrays at i, i - k and i + 1
+    hc, lc = h[k : n - k], lo[k : n - k]
+    is_hi = (hc > hmax[:m]) & (hc >= hmax[k + 1 : k + 1 + m])
+    is_lo = (lc < lmin[:m]) & (lc <= lmin[k + 1 : k + 1 + m])
+    return np.flatnonzero(is_hi) + k, np.flatnonzero(is_lo) + k
 
 
 def ar1_beta(y: F64, w: int) -> F64:

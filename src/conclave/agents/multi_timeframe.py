@@ -27,6 +27,7 @@ from pydantic import Field
 from conclave.agents import indicators as ind
 from conclave.agents.base import (
     F64,
+    I64,
     Agent,
     AgentInput,
     AgentParams,
@@ -37,7 +38,7 @@ from conclave.agents.base import (
 from conclave.agents.scoring import finish, finish1, fnum, sgn1, sign_band, sign_band1
 from conclave.errors import InsufficientDataError
 from conclave.market.candles import Candles
-from conclave.market.resample import closed_index_at, resample
+from conclave.market.resample import resample
 from conclave.timeframes import Timeframe
 
 
@@ -47,6 +48,18 @@ class MultiTimeframeParams(AgentParams):
     slope_bars: int = Field(3, ge=1)
     band: float = Field(1e-4, ge=0.0)
     weights: tuple[float, float, float] = (0.25, 0.35, 0.40)
+
+
+def _closed_index(higher: Candles, times_ms: I64) -> I64:
+    """`resample.closed_index_at` for ascending ``times_ms``, by counting the closes.
+
+    The higher bar i has closed at every time from the first one at or after its close on,
+    so the count of closed higher bars is a running sum over those first times.
+    """
+    n = times_ms.shape[0]
+    first = np.searchsorted(times_ms, higher.close_time, side="left")
+    closed = np.cumsum(np.bincount(first, minlength=n + 1)[:n], dtype=np.int64)
+    return closed - 1
 
 
 def _trend(close: F64, period: int, slope_bars: int, band: float) -> F64:
@@ -107,7 +120,7 @@ class MultiTimeframe(Agent):
         last_closed: dict[str, str] = {}
         for name in names[:2]:
             hc = self._higher(data, name)
-            idx = closed_index_at(hc, cd.close_time)
+            idx = _closed_index(hc, cd.close_time)
             ht = _trend(hc.close, p.higher_period, p.slope_bars, p.band)
             if len(hc) == 0 or idx[-1] < 0 or np.isnan(ht[idx[-1]]):
                 raise InsufficientDataError(

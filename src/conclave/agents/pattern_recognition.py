@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
+import numpy.typing as npt
 import talib
 from pydantic import Field
 
@@ -94,13 +95,25 @@ class PatternRecognition(Agent):
         charts = cp.detect(h, lo, c, settings)
         # one row per signal source: a chart kind (direction x weight where confirmed) or a
         # candlestick (TA-Lib's sign x weight); summed per bar, so start-independent
-        rows = [np.where(d.events, d.direction * p.chart_weight, 0.0) for d in charts]
-        raw = np.zeros((0, n))
-        if p.candlesticks:
-            raw = self._candles(cd)
-            rows.append(raw * p.candle_weight)
-        sig = np.concatenate([np.atleast_2d(r) for r in rows])
-        both = np.stack([sig.sum(axis=0), np.abs(sig).sum(axis=0)])
+        # (rows added in order per bar; only nonzero entries: adding +0.0 changes nothing)
+        both = np.zeros((2, n))
+        total, size = both
+        first = max(0, n - p.horizon)
+        found = self._candle_raw(cd) if p.candlesticks else []
+        sig = np.zeros((len(charts) + len(found), n - first))
+        for i in range(sig.shape[0]):
+            if i < len(charts):
+                d = charts[i]
+                at = np.flatnonzero(d.events)
+                vals = d.direction[at] * p.chart_weight
+            else:
+                raw = found[i - len(charts)]
+                at = np.flatnonzero(raw != 0)
+                vals = np.sign(raw[at]) * p.candle_weight
+            total[at] += vals
+            size[at] += np.abs(vals)
+            keep = at >= first
+            sig[i, at[keep] - first] = vals[keep]
         s_dec, w_dec = ind.exp_window_sum(both, p.decay, p.horizon)
         with np.errstate(invalid="ignore", divide="ignore"):
             agree = np.where(w_dec > 0, np.abs(s_dec) / np.where(w_dec > 0, w_dec, 1.0), 0.0)
@@ -108,7 +121,6 @@ class PatternRecognition(Agent):
         conf[np.isnan(w_dec)] = np.nan
         score, conf = finish(s_dec, conf, self.min_bars(data.timeframe) - 1)
 
-        first = max(0, n - p.horizon)
         events = [
             cl.Event(
                 r, t, float(d.direction[t]), int(d.start[t]), {k: v[t] for k, v in d.levels.items()}
@@ -116,10 +128,10 @@ class PatternRecognition(Agent):
             for r, d in enumerate(charts)
             for t in (np.flatnonzero(d.events[first:]) + first).tolist()
         ]
-        raw_tail = raw[:, first:]
-        return SeriesOutput(
-            score, conf, self._evidence(cd, first, sig[:, first:], events, raw_tail)
-        )
+        raw_tail = np.zeros((len(found), n - first))
+        for j, raw in enumerate(found):
+            np.sign(raw[first:], out=raw_tail[j])
+        return SeriesOutput(score, conf, self._evidence(cd, first, sig, events, raw_tail))
 
     def compute_last(self, data: AgentInput) -> SeriesOutput:
         # chart patterns of the last ``horizon`` bars only (`chart_last.detect_last`),
@@ -149,12 +161,21 @@ class PatternRecognition(Agent):
 
     def _candles(self, cd: Candles) -> F64:
         """TA-Lib's candlestick signs (rows in `CANDLES` order) over all of ``cd``."""
+        return np.asarray(self._candle_signs(cd), dtype=np.float64)
+
+    def _candle_signs(self, cd: Candles) -> npt.NDArray[np.int32]:
+        """`_candles` as TA-Lib's integers: -1, 0 or +1 per row and bar."""
+        out = np.empty((len(CANDLES), len(cd)), dtype=np.int32)
+        for i, raw in enumerate(self._candle_raw(cd)):
+            np.sign(raw, out=out[i])
+        return out
+
+    def _candle_raw(self, cd: Candles) -> list[npt.NDArray[np.int32]]:
+        """TA-Lib's candlestick outputs as they come (+-100 and such), in `CANDLES` order."""
         fh = [
             np.ascontiguousarray(x, dtype=np.float64) for x in (cd.open, cd.high, cd.low, cd.close)
         ]
-        return np.asarray(
-            np.sign(np.stack([getattr(talib, fn)(*fh) for fn in CANDLES])), dtype=np.float64
-        )
+        return [np.asarray(getattr(talib, fn)(*fh), dtype=np.int32) for fn in CANDLES]
 
     def _evidence(
         self, cd: Candles, first: int, sig: F64, events: list[cl.Event], raw: F64

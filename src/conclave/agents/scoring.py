@@ -27,7 +27,11 @@ def sign_band(x: F64, scale: F64 | float, band: float) -> F64:
 
 def clip1(x: F64) -> F64:
     """Clip to [-1, 1]; NaN becomes 0 (no view)."""
-    out = np.minimum(np.maximum(x, -1.0), 1.0)  # NaN propagates through both
+    if x.size < 1024:
+        out = np.minimum(np.maximum(x, -1.0), 1.0)  # NaN propagates through both
+    else:  # the same, without a second temporary
+        out = np.maximum(x, -1.0)
+        np.minimum(out, 1.0, out=out)
     out[np.isnan(out)] = 0.0
     return np.asarray(out, dtype=np.float64)
 
@@ -41,16 +45,29 @@ def blend(components: list[F64], weights: list[float]) -> tuple[F64, F64]:
     evidence, 100 only when every component is at full strength and they agree.
     """
     total = float(sum(weights))
-    # rows added in order per bar (num = ((w0 c0 + w1 c1) + w2 c2)): start-independent
-    wc = np.asarray(weights, dtype=np.float64)[:, None] * clip1(np.stack(components))
-    num = wc.sum(axis=0)
-    mag = np.abs(wc).sum(axis=0)  # weights are positive: |w c| = w |c|
+    # rows added in order per bar (num = ((0 + w0 c0) + w1 c1) + w2 c2, as numpy's sum over
+    # stacked rows adds them): start-independent
+    num = np.zeros(np.shape(components[0]), dtype=np.float64)
+    mag = np.zeros_like(num)  # weights are positive: |w c| = w |c|
+    for w, comp in zip(weights, components, strict=True):
+        wc = clip1(comp)
+        wc *= float(w)
+        num += wc
+        mag += np.abs(wc, out=wc)
     score = num / total
     strength = mag / total
+    live = mag > 0
+    agreement = np.abs(num, out=num)
     with np.errstate(invalid="ignore", divide="ignore"):
-        agreement = np.where(mag > 0, np.abs(num) / np.where(mag > 0, mag, 1.0), 0.0)
-    conf = 100.0 * strength * (0.5 + 0.5 * agreement)
-    return clip1(score), np.minimum(np.maximum(conf, 0.0), 100.0)
+        agreement /= np.where(live, mag, 1.0)
+    np.copyto(agreement, 0.0, where=~live)
+    conf = np.multiply(strength, 100.0, out=strength)
+    agreement *= 0.5
+    agreement += 0.5
+    conf *= agreement
+    np.maximum(conf, 0.0, out=conf)
+    np.minimum(conf, 100.0, out=conf)
+    return clip1(score), conf
 
 
 def finish(score: F64, confidence: F64, first_valid: int) -> tuple[F64, F64]:
@@ -71,12 +88,12 @@ def swings_asof(idx: I64, k: int, n: int, count: int) -> I64:
     Returns shape ``(count, n)``: row 0 the latest swing's bar index, row 1 the one before,
     and so on; -1 where there is none.
     """
-    pos = np.searchsorted(idx + k, np.arange(n), side="right") - 1
-    out = np.full((count, n), -1, dtype=np.int64)
+    # swings confirmed by each t (idx ascending, each confirmed at idx + k)
+    seen = np.cumsum(np.bincount(idx[idx + k < n] + k, minlength=n), dtype=np.int64)
+    ext = np.concatenate((np.array([-1], dtype=np.int64), np.asarray(idx, dtype=np.int64)))
+    out = np.empty((count, n), dtype=np.int64)
     for j in range(count):
-        sel = pos - j
-        ok = sel >= 0
-        out[j, ok] = idx[sel[ok]]
+        np.take(ext, np.maximum(seen - j, 0), out=out[j])  # ext[0] = -1: none
     return out
 
 

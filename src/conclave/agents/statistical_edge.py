@@ -89,8 +89,8 @@ class StatisticalEdge(Agent):
         n, w, aw = c.shape[0], p.window, p.ar_window
         mean = ind.sum_at(c, w, n - 1) / w
         dev_w = c[n - w :] - mean
-        var = np.add.reduce((dev_w * dev_w)[None, :], axis=1) / w  # as `rolling_std`'s rows
-        std = float(np.sqrt(var)[0])
+        var = ind.pairwise_floats((dev_w * dev_w).tolist()) / w  # as `rolling_std`'s sums
+        std = math.sqrt(var)
         dev = float(c[n - 1]) - mean
         z = dev / std if std > 1e-9 * abs(mean) else 0.0
         prev = c[n - 1 - aw : n - 1]

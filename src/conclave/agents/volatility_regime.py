@@ -76,7 +76,16 @@ class VolatilityRegime(Agent):
             pct = ind.percent_rank(atr_pct[n - keep :], p.rank_window)[keep - tail :]
         a, atr_pct = a[n - tail :], atr_pct[n - tail :]
         edges = np.array([0.0, p.low, p.high, p.extreme, 1.0])
-        band = np.clip(np.searchsorted(edges, np.nan_to_num(pct), side="right") - 1, 0, 3)
+        # the band: edges[band] <= pct < edges[band + 1] (NaN as 0), from 0 to 3
+        v = np.nan_to_num(pct)
+        if tail < 64:
+            band = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, 3)
+        else:  # the same count of edges at or below v, by comparisons
+            band = (v >= edges[0]).astype(np.intp)
+            for e in edges[1:].tolist():
+                band += v >= e
+            band -= 1
+            np.clip(band, 0, 3, out=band)
         lo_e, hi_e = edges[band], edges[band + 1]
         half = (hi_e - lo_e) / 2.0
         inner = np.minimum(pct - lo_e, hi_e - pct) / np.where(half > 0, half, 1.0)
