@@ -366,6 +366,7 @@ def main() -> None:
 # `conclave run` lives in its own module; importing it registers the command on `app`.
 from conclave import cli_accounts as _cli_accounts  # noqa: E402, F401
 from conclave import cli_agents as _cli_agents  # noqa: E402, F401
+from conclave import cli_backtest as _cli_backtest  # noqa: E402, F401
 from conclave import cli_run as _cli_run  # noqa: E402, F401
 from conclave import cli_scheduler as _cli_scheduler  # noqa: E402, F401
 from conclave import cli_serve as _cli_serve  # noqa: E402, F401
