@@ -517,7 +517,12 @@ class AccountTrace:
 def simulate(
     period: Candles, pre: PreDecision, settings: BacktestSettings, progress: Progress | None = None
 ) -> AccountTrace:
-    """Run the account over ``period`` (``pre`` cut to it): verdict, fill, record, order."""
+    """Run the account over ``period`` (``pre`` cut to it): verdict, fill, record, order.
+
+    The arithmetic of `agent_verdict` and `account_risk` is written out inline (this loop
+    is the backtest's hot path, ~3 us a bar); tests/backtest/test_engine.py replays the
+    result through the real `AccountService` and the risk-manager agent bar by bar.
+    """
     cfg = settings.account
     fee_rate, slip = settings.fee_rate, settings.slippage
     bar_ms = period.timeframe.ms
@@ -530,51 +535,59 @@ def simulate(
     strength = pre.strength.tolist()
     volm = pre.vol_mult.tolist()
 
-    equity_out = np.empty(n)
-    cash_out = np.empty(n)
-    qty_out = np.empty(n)
-    expo_out = np.empty(n)
-    halted_out = np.zeros(n, dtype=bool)
-    paused_out = np.full(n, -1, dtype=np.int64)
-    level_out = np.zeros(n, dtype=np.int8)
-    size_out = np.zeros(n)
-    action_out = np.zeros(n, dtype=np.int8)
+    equity_out: list[float] = []
+    cash_out: list[float] = []
+    qty_out: list[float] = []
+    expo_out: list[float] = []
+    halted_out: list[bool] = []
+    paused_out: list[int] = []
+    level_out: list[int] = []
+    size_out: list[float] = []
+    action_out: list[int] = []
     fills: list[Fill] = []
 
     curve = EquityCurve()
+    append_point = curve.append
     cash = settings.starting_balance
     pos = Position()
+    qty = 0.0
     mark = 0.0  # the position's last mark (price)
     status = _STATUS_ACTIVE
     prot = Protections()
+    paused_until = -1
     pending: _Pending | None = None
-    halt_dd = cfg.drawdown_limits[2] - cfg.hysteresis
-    halt_loss = cfg.daily_loss_limits[2] - cfg.hysteresis
+    dd0, dd1, dd2 = cfg.drawdown_limits
+    ls0, ls1, ls2 = cfg.daily_loss_limits
+    halt_dd = dd2 - cfg.hysteresis
+    halt_loss = ls2 - cfg.hysteresis
+    max_exposure = cfg.max_exposure
     multipliers = (1.0, cfg.warn_multiplier, cfg.reduce_multiplier, 0.0)
 
     # the risk manager's level at the next run equals the account's at this close when both
     # read the same start-of-day equity and the peak and that equity are positive (the same
     # formula; `agent_verdict` otherwise): one assessment per bar instead of two
     reuse_day, reuse_level = -1, 0
+    sod_day, sod = -1, 0.0
+    peak = -math.inf
     for i in range(n):
         # 1. the run at bar i: the risk manager on the state recorded so far
         as_of = t_close[i]
-        paused = prot.paused_until_ms is not None and as_of < prot.paused_until_ms
-        if as_of - as_of % DAY_MS == reuse_day:
-            lv = 3 if status != _STATUS_ACTIVE or paused else reuse_level
+        day = as_of - as_of % DAY_MS
+        blocked = status != _STATUS_ACTIVE or as_of < paused_until
+        if day == reuse_day:
+            lv = 3 if blocked else reuse_level
         else:
-            blocked = status != _STATUS_ACTIVE or paused
-            lv = agent_verdict(curve, as_of, abs(pos.qty * mark), cfg, blocked)
+            lv = agent_verdict(curve, as_of, abs(qty * mark), cfg, blocked)
         a = act[i]
-        level_out[i] = lv
         size = 0.0
         if a != NONE:
-            if lv >= 3:
+            if lv == 3:
                 a = HOLD
             elif a != HOLD:
                 size = strength[i] * volm[i] * multipliers[lv]
-        action_out[i] = a
-        size_out[i] = size
+        level_out.append(lv)
+        action_out.append(a)
+        size_out.append(size)
 
         # 2. settle the order of the previous decision at this bar's open
         if pending is not None:
@@ -585,6 +598,7 @@ def simulate(
                                       fee_rate=fee_rate, cash=cash, position=pos)  # fmt: skip
             if fill is not None:
                 pos, delta, pnl = paper.apply_fill(pos, fill)
+                qty = pos.qty
                 cash += delta
                 mark = opens[i]
                 pnl_or_none = pnl if o.side == "SELL" else None
@@ -592,26 +606,37 @@ def simulate(
                                   fill.fee, pnl_or_none, o.reason))  # fmt: skip
                 if o.side == "SELL":
                     prot = after_trade(prot, pnl, t_open[i], bar_ms, cfg)[0]
+                    paused_until = -1 if prot.paused_until_ms is None else prot.paused_until_ms
 
-        # 3. record equity at this bar's close; halt or resume
-        qty = pos.qty
+        # 3. record equity at this bar's close; halt or resume (`account_risk`, inline)
         if qty > 0:
             mark = closes[i]
         held = qty * mark
         equity = cash + held
-        curve.append(as_of, equity)
-        dd, loss, level, sod = account_risk(curve, abs(held), cfg)
-        if status == _STATUS_ACTIVE and level == 3:
-            status = _STATUS_HALTED
-        elif status == _STATUS_HALTED and dd < halt_dd and loss < halt_loss:
+        append_point(as_of, equity)
+        if equity > peak:
+            peak = equity
+        if day != sod_day or as_of == day:  # a point at exactly 00:00 starts its day
+            got = curve.start_of_day(as_of)
+            sod_day, sod = day, (got if got is not None else 0.0)
+        dd = min(1.0, max(0.0, 1.0 - equity / peak)) if peak > 0 else 1.0
+        loss = min(1.0, max(0.0, 1.0 - equity / sod)) if sod else 0.0
+        level = (dd >= dd0) + (dd >= dd1) + (dd >= dd2)
+        level = max(level, (loss >= ls0) + (loss >= ls1) + (loss >= ls2))
+        if (equity <= 0 or abs(held) > max_exposure * equity) and level < 2:
+            level = 2
+        if status == _STATUS_ACTIVE:
+            if level == 3:
+                status = _STATUS_HALTED
+        elif dd < halt_dd and loss < halt_loss:
             status = _STATUS_ACTIVE
-        if curve.peak > 0 and sod is not None and sod > 0:
-            reuse_day, reuse_level = as_of - as_of % DAY_MS, level
+        if peak > 0 and sod > 0:
+            reuse_day, reuse_level = day, level
         else:
             reuse_day = -1
 
         # 4. this bar's decision becomes an order (filled at the next bar's open)
-        if a in (BUY, SELL) and size > 0 and status == _STATUS_ACTIVE:
+        if size > 0 and status == _STATUS_ACTIVE:  # size > 0: a BUY or a SELL
             side: Literal["BUY", "SELL"] = "BUY" if a == BUY else "SELL"
             if not prot.blocks(side, as_of):
                 notional, why = paper.order_notional(
@@ -625,19 +650,22 @@ def simulate(
                 if notional > 0:
                     pending = _Pending(side, notional, t_open[i], why)
 
-        equity_out[i] = equity
-        cash_out[i] = cash
-        qty_out[i] = qty
-        expo_out[i] = abs(held)
-        halted_out[i] = status == _STATUS_HALTED
-        if prot.paused_until_ms is not None:
-            paused_out[i] = prot.paused_until_ms
+        equity_out.append(equity)
+        cash_out.append(cash)
+        qty_out.append(qty)
+        expo_out.append(abs(held))
+        halted_out.append(status == _STATUS_HALTED)
+        paused_out.append(paused_until)
         if progress is not None and (i + 1) % PROGRESS_EVERY == 0:
             progress("account", i + 1, n)
     if progress is not None:
         progress("account", n, n)
-    return AccountTrace(equity_out, cash_out, qty_out, expo_out, halted_out, paused_out,
-                        level_out, level_out < 3, size_out, action_out, tuple(fills))  # fmt: skip
+    levels = np.asarray(level_out, dtype=np.int8)
+    return AccountTrace(
+        np.asarray(equity_out), np.asarray(cash_out), np.asarray(qty_out), np.asarray(expo_out),
+        np.asarray(halted_out, dtype=bool), np.asarray(paused_out, dtype=np.int64), levels,
+        levels < 3, np.asarray(size_out), np.asarray(action_out, dtype=np.int8), tuple(fills),
+    )  # fmt: skip
 
 
 # -- the whole backtest ----------------------------------------------------------------------
