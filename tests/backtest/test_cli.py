@@ -11,6 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from conclave import cli
+from conclave.agents import REGISTRY
+from conclave.agents.base import Agent
+from tests.backtest.test_checks import AnchoredMomentum, PeekingMomentum
 
 BTC_1H = "binance_BTCUSDT_1h_20170817-20221011.csv"
 PERIOD = ["--from", "2021-01-01", "--to", "2021-07-01"]
@@ -112,3 +115,30 @@ def test_bad_input_exits_2_naming_the_option(
     assert result.exit_code == 2, result.output
     assert says in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("agent", "check", "says"),
+    [
+        (AnchoredMomentum, ["--check-parity", "10"], "parity with live failed"),
+        (PeekingMomentum, ["--check-lookahead", "2"], "lookahead found in momentum"),
+    ],
+)
+def test_a_failed_check_exits_1_after_printing_the_figures(
+    runner: CliRunner,
+    candles_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    agent: type[Agent],
+    check: list[str],
+    says: str,
+) -> None:
+    """A momentum agent with an unbounded window fails parity; one that peeks at the next
+    bar fails the lookahead check: exit 1 naming it, the JSON still printed."""
+    monkeypatch.setitem(REGISTRY, "momentum", agent)
+    args = ["backtest", *_source(candles_dir), "--from", "2021-01-01", "--to", "2021-02-01"]
+    result = runner.invoke(cli.app, [*args, "--json", *check])
+    assert result.exit_code == 1, result.output
+    assert says in result.output
+    shown = json.loads(result.stdout)
+    key = "parity" if "parity" in says else "lookahead"
+    assert shown[key]["ok"] is False
