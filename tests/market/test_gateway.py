@@ -221,3 +221,22 @@ async def test_months_are_built_from_daily_bars_when_one_file_holds_only_days(
     august = (days.open_time >= 1_659_312_000_000) & (days.open_time < 1_661_990_400_000)
     assert months.high[-1] == days.high[august].max()
     assert months.close[-1] == days.close[august][-1]
+
+
+async def test_higher_limits_may_differ_per_timeframe() -> None:
+    """A mapping asks 30 bars of 4h and 5 of 1d: each is planned (resampled or fetched)
+    and trimmed by its own count; 5 days fit one base request, 60 days would not."""
+    source = GridSource()
+    snap = await MarketGateway(source).snapshot(
+        "BTCUSDT", "1h", higher=["4h", "1d"], limit=100, higher_limit={"4h": 30, "1d": 5},
+        as_of_ms=AS_OF,
+    )  # fmt: skip
+    assert snap.resampled == frozenset({"4h", "1d"})
+    assert [c[1] for c in source.calls] == ["1h"]
+    assert (len(snap.candles["4h"]), len(snap.candles["1d"])) == (30, 5)
+    more = await MarketGateway(GridSource()).snapshot(
+        "BTCUSDT", "1h", higher=["4h", "1d"], limit=100, higher_limit={"4h": 30, "1d": 60},
+        as_of_ms=AS_OF,
+    )  # fmt: skip
+    assert more.resampled == frozenset({"4h"})
+    assert len(more.candles["1d"]) == 60  # fetched from the source

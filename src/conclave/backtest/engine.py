@@ -58,7 +58,7 @@ from conclave.market.resample import closed_index_at, resample
 from conclave.market.sources.base import MAX_LIMIT, CandleSource
 from conclave.market.validation import STALE_GRACE_MS, find_gaps, validate
 from conclave.news.sources import NewsSource
-from conclave.pipeline.context import InputPlan
+from conclave.pipeline.context import InputPlan, higher_limits
 from conclave.pipeline.decision import (
     ANALYSIS_AGENTS,
     DIRECTIONAL_AGENTS,
@@ -230,21 +230,17 @@ async def _higher(
     policy: ResamplePolicy,
 ) -> tuple[dict[str, Candles], frozenset[str]]:
     """Each higher timeframe the agents read, built as the live gateway builds it."""
+    plans = [InputPlan.of(agent, tf.name) for agent in agents.values()]
     names: list[str] = []
-    counts: list[int] = []
-    whole = False
-    for agent in agents.values():
-        plan = InputPlan.of(agent, tf.name)
+    for plan in plans:
         names += [h for h in plan.higher if h not in names]
-        counts += plan.higher_bars
-        whole = whole or bool(plan.higher and not plan.higher_bars)
     if not names:
         return {}, frozenset()
     limit = warmup_bars(agents, tf.name)
-    higher_limit = limit if whole or not counts else max(counts)
+    wanted = higher_limits(plans)
     gateway = MarketGateway(source, resample=policy)
-    _, planned = gateway.resample_plan(tf, [Timeframe.parse(h) for h in names], limit,
-                                       higher_limit)  # fmt: skip
+    higher_tfs = [Timeframe.parse(h) for h in names]
+    _, planned = gateway.resample_plan(tf, higher_tfs, limit, limit if wanted is None else wanted)
     out: dict[str, Candles] = {}
     first, end = int(candles.open_time[0]), int(candles.close_time[-1])
     for name in names:
@@ -253,7 +249,8 @@ async def _higher(
             out[name] = resample(candles, htf, trim_leading=True)
             continue
         # read from the source: from a spare bar before the history to its end
-        n = min(MAX_LIMIT, htf.bars_between(htf.floor(first), htf.floor(end)) + higher_limit + 2)
+        spare = limit if wanted is None else wanted.get(name, limit)
+        n = min(MAX_LIMIT, htf.bars_between(htf.floor(first), htf.floor(end)) + spare + 2)
         got = await source.get_candles(candles.symbol, htf, n, htf.floor(end))
         out[name], _ = validate(got, end, require_fresh=False) if len(got) else (got, None)
     return out, frozenset(t.name for t in planned)

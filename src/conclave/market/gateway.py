@@ -57,6 +57,13 @@ class MarketSnapshot:
         return self.candles[self.timeframe]
 
 
+def _bars_wanted(higher_limit: int | Mapping[str, int], tf: Timeframe, limit: int) -> int:
+    """Bars of ``tf`` wanted: ``higher_limit`` itself, or its entry for ``tf`` (else ``limit``)."""
+    if isinstance(higher_limit, Mapping):
+        return higher_limit.get(tf.name, limit)
+    return higher_limit
+
+
 def _trim(candles: Candles, report: ValidationReport, n: int) -> tuple[Candles, ValidationReport]:
     """The newest ``n`` bars with rows and gaps recounted for that window."""
     if len(candles) <= n:
@@ -92,9 +99,17 @@ class MarketGateway:
         self._max_resample_bars = max_resample_bars
 
     def resample_plan(
-        self, base: Timeframe, higher: Sequence[Timeframe], limit: int, higher_limit: int
+        self,
+        base: Timeframe,
+        higher: Sequence[Timeframe],
+        limit: int,
+        higher_limit: int | Mapping[str, int],
     ) -> tuple[int, list[Timeframe]]:
-        """Base bars to fetch and the higher timeframes to resample from them."""
+        """Base bars to fetch and the higher timeframes to resample from them.
+
+        ``higher_limit`` is the number of bars wanted of every higher timeframe, or a
+        mapping of timeframe names to it (``limit`` for those it does not name).
+        """
         base_limit = min(limit + 1, MAX_LIMIT)  # the newest bar may still be open at as_of
         planned: list[Timeframe] = []
         if self._policy == "fetch":
@@ -102,8 +117,9 @@ class MarketGateway:
         for tf in higher:
             if not base.divides(tf):
                 continue
+            wanted = _bars_wanted(higher_limit, tf, limit)
             longest = 31 * DAY_MS if tf.is_monthly else tf.ms  # a calendar month: 28-31 days
-            needed = (higher_limit + 2) * -(-longest // base.ms) + 1
+            needed = (wanted + 2) * -(-longest // base.ms) + 1
             if self._policy == "resample" or needed <= max(limit, self._max_resample_bars):
                 planned.append(tf)
                 base_limit = min(max(base_limit, needed), MAX_LIMIT)
@@ -116,12 +132,13 @@ class MarketGateway:
         *,
         higher: Sequence[Timeframe | str] = (),
         limit: int,
-        higher_limit: int | None = None,
+        higher_limit: int | Mapping[str, int] | None = None,
         as_of_ms: int,
         require_fresh: bool = True,
     ) -> MarketSnapshot:
         """The newest ``limit`` closed bars of ``timeframe`` (and ``higher_limit``, by default
-        ``limit``, of each higher timeframe) as of ``as_of_ms`` ms UTC.
+        ``limit``, of each higher timeframe; a mapping gives it per timeframe name) as of
+        ``as_of_ms`` ms UTC.
 
         Raises `StaleDataError` when the data is stale and ``require_fresh`` is set, and
         `InvalidRequestError` (before any I/O) for a bad symbol, timeframe or limit.
@@ -129,7 +146,12 @@ class MarketGateway:
         check_symbol(symbol)
         base = Timeframe.parse(timeframe)
         check_limit(limit)
-        n_higher = check_limit(limit if higher_limit is None else higher_limit)
+        if isinstance(higher_limit, Mapping):
+            wanted: int | dict[str, int] = {
+                Timeframe.parse(k).name: check_limit(v) for k, v in higher_limit.items()
+            }
+        else:
+            wanted = check_limit(limit if higher_limit is None else higher_limit)
         highers: list[Timeframe] = []
         for value in higher:
             tf = Timeframe.parse(value)
@@ -142,9 +164,11 @@ class MarketGateway:
                 )
             highers.append(tf)
 
-        base_limit, resampled = self.resample_plan(base, highers, limit, n_higher)
+        base_limit, resampled = self.resample_plan(base, highers, limit, wanted)
         fetched = [tf for tf in highers if tf not in resampled]
-        requests = [(base, base_limit)] + [(tf, min(n_higher + 1, MAX_LIMIT)) for tf in fetched]
+        requests = [(base, base_limit)] + [
+            (tf, min(_bars_wanted(wanted, tf, limit) + 1, MAX_LIMIT)) for tf in fetched
+        ]
         results = await asyncio.gather(
             # end = the open of the bar in progress at as_of: exactly the closed bars, and a
             # key that stays the same for every as_of inside one bar (so the cache hits)
@@ -167,7 +191,7 @@ class MarketGateway:
                 out, report = validate(built, as_of_ms, require_fresh=require_fresh)
             else:
                 out, report = validate(raw[tf], as_of_ms, require_fresh=require_fresh)
-            candles[tf.name], reports[tf.name] = _trim(out, report, n_higher)
+            candles[tf.name], reports[tf.name] = _trim(out, report, _bars_wanted(wanted, tf, limit))
 
         return MarketSnapshot(
             symbol=symbol,

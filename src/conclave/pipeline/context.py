@@ -135,6 +135,18 @@ class InputPlan:
         return cls(lookback, higher, needs.news, needs.account, bars)
 
 
+def higher_limits(plans: Sequence[InputPlan]) -> dict[str, int] | None:
+    """Bars of each higher timeframe the ``plans`` read: per timeframe the most any plan
+    uses, or None when a plan takes its higher timeframes whole (fetch them whole)."""
+    counts: dict[str, int] = {}
+    for plan in plans:
+        if plan.higher and not plan.higher_bars:
+            return None
+        for tf, n in zip(plan.higher, plan.higher_bars, strict=True):
+            counts[tf] = max(n, counts.get(tf, 0))
+    return counts or None
+
+
 def higher_bars(timeframe: str, higher: Sequence[str], lookback: int) -> tuple[int, ...]:
     """Bars of each of ``higher`` that cover ``lookback`` bars of ``timeframe``, with room.
 

@@ -37,6 +37,7 @@ from conclave.pipeline.context import (
     PipelineContext,
     StepResult,
     StepStatus,
+    higher_limits,
 )
 from conclave.pipeline.decision import (
     ALL_AGENTS,
@@ -177,16 +178,9 @@ class Pipeline:
             higher += [t for t in agent.needs.higher_timeframes(timeframe) if t not in higher]
         return limit, tuple(higher)
 
-    def higher_limit(self, timeframe: str) -> int | None:
-        """Bars of each higher timeframe to fetch: what the agents that read them use, or
-        None (the base limit) when an agent takes its higher timeframes whole."""
-        counts: list[int] = []
-        for name in self.agents:
-            plan = self._plan(name, timeframe)
-            if plan.higher and not plan.higher_bars:
-                return None
-            counts += plan.higher_bars
-        return max(counts, default=None)
+    def higher_limit(self, timeframe: str) -> dict[str, int] | None:
+        """Bars of each higher timeframe to fetch (`conclave.pipeline.context.higher_limits`)."""
+        return higher_limits([self._plan(name, timeframe) for name in self.agents])
 
     async def context(self, snapshot: MarketSnapshot, account_id: str | None) -> PipelineContext:
         """The run's context over ``snapshot``: news and account read when an agent needs them."""
