@@ -92,6 +92,14 @@ def test_the_sim_source_is_labelled(runner: CliRunner) -> None:
     shown = json.loads(result.stdout)
     assert shown["simulated"] is True
     assert shown["bars"] == 60 * 24
+    # no --from on a live source: the year before --to, with the warm-up read before it
+    args = ["backtest", "--source", "sim", "--symbol", "ETHUSDT", "--timeframe", "4h",
+            "--to", "2024-06-01", "--json"]  # fmt: skip
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert (shown["bars"], shown["from"]) == (365 * 6, "2023-06-02T00:00:00.000Z")
+    assert shown["settings"]["warmupBars"] > 0
 
 
 @pytest.mark.parametrize(

@@ -181,19 +181,18 @@ async def load_history(
     warm = warmup_bars(agents, tf.name)
     is_file = source.name.startswith("file:")
     end = tf.floor(end_ms) if end_ms is not None else (None if is_file else tf.floor(now_ms))
-    if is_file or (start_ms is None and end is None):
+    if end is None:  # a file, read whole
         limit = MAX_LIMIT
     else:
-        last = end if end is not None else tf.floor(now_ms)
-        first = start_ms if start_ms is not None else last - DEFAULT_DAYS * DAY_MS
-        limit = min(MAX_LIMIT, tf.bars_between(tf.floor(first), last) + warm + 1)
+        if start_ms is None and not is_file:
+            start_ms = end - DEFAULT_DAYS * DAY_MS
+        first = tf.floor(start_ms) if start_ms is not None else end - MAX_LIMIT * tf.ms
+        limit = min(MAX_LIMIT, tf.bars_between(first, end) + warm + 1)
     raw = await source.get_candles(symbol, tf, limit, end)
     if len(raw) == 0:
         raise InvalidRequestError(f"{source.name} has no {symbol} {tf} bars", field="symbol")
     as_of = int(raw.close_time[-1]) if end is None else end
     candles, _ = validate(raw, as_of, require_fresh=False)
-    if start_ms is None and not is_file and end_ms is None:
-        start_ms = int(candles.open_time[-1]) - DEFAULT_DAYS * DAY_MS
     first_in = 0 if start_ms is None else int(np.searchsorted(candles.open_time, start_ms))
     if first_in >= len(candles):
         raise InvalidRequestError(
