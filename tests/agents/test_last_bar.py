@@ -123,3 +123,40 @@ def test_run_uses_compute_when_a_subclass_overrides_compute_alone() -> None:
     c = random_candles(5, 400)
     res = Flat().run(make_input(c), now_iso="2025-01-01T00:00:00.000Z")
     assert (res.score, res.confidence, res.payload) == (0.0, 7.0, {"flat": True})
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_detect_last_from_any_bar_equals_detect(seed: int) -> None:
+    """`detect_last` from many ``since`` bars (its scan starts at the runs in effect there)
+    equals `detect`'s confirmations from that bar, on windows cut like the live path's."""
+    c = random_candles(100 + seed, 1500, flat_share=0.05 * (seed % 2))
+    rng = np.random.default_rng(seed)
+    for s in SETTINGS:
+        exp = _events(c.high, c.low, c.close, s)
+        for since in sorted(rng.integers(0, len(c), 60).tolist()):
+            got = _last(c.high, c.low, c.close, s, since)
+            assert got == [e for e in exp if e[1] >= since], since
+
+
+@pytest.mark.parametrize("w", [1, 2, 3, 7, 8, 13, 20, 33, 64])
+def test_exp_window_last_equals_exp_window_sum(w: int) -> None:
+    rng = np.random.default_rng(w)
+    x = np.round(rng.normal(0.0, 0.5, (2, 300)), 2)
+    x[:, rng.random(300) < 0.6] = 0.0  # sparse, as the pattern signals
+    for a in (0.85, 0.5, 0.999):
+        full = ind.exp_window_sum(x, a, w)
+        for t in range(w - 1, 300, 5):
+            for row in range(2):
+                v = x[row, t - w + 1 : t + 1].tolist()
+                assert ind.exp_window_last(v, a) == full[row, t], (a, t, row)
+
+
+def test_rsi1_equals_rsi() -> None:
+    rng = np.random.default_rng(9)
+    close = np.round(100.0 + rng.normal(0, 1, 800).cumsum(), 2)
+    close[300:330] = close[300]  # flat: RSI 50
+    r = ind.rsi(close, 14, 250)
+    avg = ind.rsi_averages(close, 14, 250)
+    for t in range(800):
+        got, exp = ind.rsi1(float(avg[0, t]), float(avg[1, t])), float(r[t])
+        assert got == exp or (np.isnan(got) and np.isnan(exp)), t

@@ -10,6 +10,7 @@ tests/agents/test_last_bar.py checks it against `detect` on every bar of long hi
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,7 +53,10 @@ def detect_last(h: F64, lo: F64, c: F64, s: Settings, since: int) -> list[Event]
     The same comparisons and arithmetic as `detect` (IEEE doubles round the same), for the
     live path. A pattern confirmed at t belongs to a swing seen at most ``breakout_bars``
     before t, so starting the scan ``breakout_bars`` before ``since`` sees every earlier
-    true bar of its run (which would make it not the first).
+    true bar of its run (which would make it not the first). Each run begins at a swing's
+    confirmation (the highs' rows at a new high, the lows' at a new low, the triangles' at
+    either), so the scan need not start before the earlier of the last high and the last
+    low confirmed by ``since``: the runs in effect at ``since`` begin there or later.
     """
     hi_idx, lo_idx = ind.swing_points(h, lo, s.k)
     hi, li = hi_idx.tolist(), lo_idx.tolist()
@@ -66,21 +70,45 @@ def detect_last(h: F64, lo: F64, c: F64, s: Settings, since: int) -> list[Event]
     ls_: _Side | None = None
     tri: _Tri | None = None
     seen = [False] * 12  # per condition row: already true in the current run
-    for t in range(max(0, since - bb), c.shape[0]):
+    begin = max(0, since - bb)
+    jh, jl = bisect_right(hi, since - k) - 1, bisect_right(li, since - k) - 1
+    if jh >= 0 and jl >= 0:  # the last high and low confirmed by since (at index + k)
+        begin = max(begin, min(hi[jh], li[jl]) + k)
+    win, never = s.window, c.shape[0] + 1
+    # the bar at which the next swing is confirmed, and the bars up to which each side and
+    # the triangle can report (their checks below fail from there on: t - window >= i1,
+    # t - i0 > breakout_bars), so the bars between swings where none can are skipped
+    next_h = hi[0] + k if n_h else never
+    next_l = li[0] + k if n_l else never
+    h_end = l_end = t_end = -1
+    for t in range(begin, c.shape[0]):
         new_h = new_l = False
-        while ph < n_h and hi[ph] + k <= t:
-            ph, new_h = ph + 1, True
-        while pl < n_l and li[pl] + k <= t:
-            pl, new_l = pl + 1, True
+        if t >= next_h:
+            while ph < n_h and hi[ph] + k <= t:
+                ph, new_h = ph + 1, True
+            next_h = hi[ph] + k if ph < n_h else never
+        if t >= next_l:
+            while pl < n_l and li[pl] + k <= t:
+                pl, new_l = pl + 1, True
+            next_l = li[pl] + k if pl < n_l else never
         if new_h:  # a new run for the highs' conditions and the triangles'
             hs_ = _side(hi, ph, hv, trs, s, 1.0) if ph >= 2 else None
             seen[0:3], seen[6:12] = [False] * 3, [False] * 6
+            h_end = _side_end(hs_, win, bb)
         if new_l:
             ls_ = _side(li, pl, lv, crs, s, -1.0) if pl >= 2 else None
             seen[3:6], seen[6:12] = [False] * 3, [False] * 6
+            l_end = _side_end(ls_, win, bb)
         if new_h or new_l:
-            tri = _tri(hs_, ls_, s) if hs_ is not None and ls_ is not None else None
-        ct, lim = cv[t], t - s.window
+            tri = t_end_ = None
+            if hs_ is not None and ls_ is not None:
+                tri = _tri(hs_, ls_, s)
+                if tri is not None:
+                    t_end_ = min(hs_.i1 + win, ls_.i1 + win, tri.last + bb + 1)
+            t_end = -1 if t_end_ is None else t_end_
+        if t >= h_end and t >= l_end and t >= t_end:
+            continue  # no check below can pass at this bar
+        ct, lim = cv[t], t - win
         found: list[tuple[int, int, float, int, dict[str, float]]] = []  # (slot, row, ...)
         for side, base in ((hs_, 0), (ls_, 3)):
             if side is None or side.i1 <= lim or t - side.i0 > bb:
@@ -114,7 +142,15 @@ def detect_last(h: F64, lo: F64, c: F64, s: Settings, since: int) -> list[Event]
     return out
 
 
-@dataclass(frozen=True, slots=True)
+def _side_end(side: _Side | None, win: int, bb: int) -> int:
+    """The first bar from which ``side`` reports nothing: its checks need ``t - win < i1``
+    and ``t - i0 <= bb``; -1 when it has no pattern at all."""
+    if side is None or not (side.double or side.hs or side.level):
+        return -1
+    return min(side.i1 + win, side.i0 + bb + 1)
+
+
+@dataclass(slots=True)  # not frozen: built per new swing, and never changed
 class _Side:
     """The latest swings of one side (highs ``m`` +1, lows mirrored with ``m`` -1) and which
     of its patterns their prices allow; the bar-dependent checks are left to the scan."""
@@ -170,7 +206,7 @@ def _side(
     return _Side(m, i0, i1, i2, v0, v1, ext, neck0, double, level, hs, neck, d_lv, hs_lv)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Tri:
     """The triangle the last two swing highs and lows draw, when their order and height allow."""
 

@@ -17,6 +17,7 @@ reference on the real candles to within 1e-9 (relative).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 
 import numpy as np
@@ -26,6 +27,7 @@ import talib
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 Combine = Callable[[F64, F64, int], F64]
+_fadd = operator.add
 
 
 def _f64(x: npt.ArrayLike) -> F64:
@@ -160,14 +162,25 @@ def window_sum(v: list[float]) -> float:
     """
     w = len(v)
     res = 0.0
-    start = size = 0
-    size = 1
+    start, size = 0, 1
     while size <= w:
         if w & size:
-            seg = v[start : start + size]
-            while len(seg) > 1:
-                seg = [seg[i] + seg[i + 1] for i in range(0, len(seg), 2)]
-            res = seg[0] if start == 0 else res + seg[0]
+            if size == 1:
+                b = v[start]
+            elif size == 2:
+                b = v[start] + v[start + 1]
+            elif size == 4:
+                b = (v[start] + v[start + 1]) + (v[start + 2] + v[start + 3])
+            elif size == 8:
+                v0, v1, v2, v3, v4, v5, v6, v7 = v[start : start + 8]
+                b = ((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7))
+            else:  # pairs (0, 1), (2, 3), ...: the same additions, level by level
+                end = start + size
+                seg = list(map(_fadd, v[start:end:2], v[start + 1 : end : 2]))
+                while len(seg) > 1:
+                    seg = list(map(_fadd, seg[::2], seg[1::2]))
+                b = seg[0]
+            res = b if start == 0 else res + b
             start += size
         size *= 2
     return res
@@ -321,6 +334,29 @@ def exp_window_sum(x: F64, a: float, w: int) -> F64:
     return _pad(_reduce(x, w, comb, a), x.shape[-1])
 
 
+def exp_window_last(v: list[float], a: float) -> float:
+    """``exp_window_sum(v, a, len(v))[-1]`` bit for bit, on plain floats (the last bar).
+
+    The same tree as `_reduce`: blocks of the set bits of ``len(v)``, smallest first, each
+    combined pairwise (``left * a**size + right``), then folded left to right.
+    """
+    w = len(v)
+    res = 0.0
+    start, size = 0, 1
+    while size <= w:
+        if w & size:
+            seg = v[start : start + size]
+            sz = 1
+            while len(seg) > 1:
+                f = a**sz
+                seg = [seg[i] * f + seg[i + 1] for i in range(0, len(seg), 2)]
+                sz *= 2
+            res = seg[0] if start == 0 else res * (a**size) + seg[0]
+            start += size
+        size *= 2
+    return res
+
+
 def wilder_window(x: F64, period: int, n: int) -> F64:
     """Wilder's average of the last ``n`` values, seeded by the SMA of their first ``period``.
 
@@ -363,15 +399,32 @@ def rsi(close: F64, period: int = 14, window: int = 250) -> F64:
 
     Equals ``talib.RSI(close[t - window + 1 : t + 1], period)[-1]`` (Wilder 1978).
     """
-    d = diff(close)
-    both = np.stack([np.maximum(d, 0.0), np.maximum(-d, 0.0)])
-    both[:, 0] = np.nan
-    ag, al = wilder_window(both, period, window - 1)  # gains and losses in one pass
+    ag, al = rsi_averages(close, period, window)
     tot = ag + al
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(tot > 0, 100.0 * ag / np.where(tot > 0, tot, 1.0), 50.0)
     out[np.isnan(tot)] = np.nan
     return out
+
+
+def rsi_averages(close: F64, period: int = 14, window: int = 250) -> F64:
+    """`rsi`'s Wilder averages of gains and losses (rows 0 and 1) at every bar.
+
+    ``rsi`` at bar t is ``100 * ag / (ag + al)`` where that total is positive, else 50 (NaN
+    where it is NaN); `rsi1` gives it for one bar on plain floats.
+    """
+    d = diff(close)
+    both = np.stack([np.maximum(d, 0.0), np.maximum(-d, 0.0)])
+    both[:, 0] = np.nan
+    return wilder_window(both, period, window - 1)  # gains and losses in one pass
+
+
+def rsi1(ag: float, al: float) -> float:
+    """`rsi` of one bar from its averages (`rsi_averages`), bit for bit."""
+    tot = ag + al
+    if tot != tot:
+        return float("nan")
+    return 100.0 * ag / tot if tot > 0 else 50.0
 
 
 def true_range(high: F64, low: F64, close: F64) -> F64:

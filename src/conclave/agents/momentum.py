@@ -17,13 +17,14 @@ zone and slope 0 (B5).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field
 
 from conclave.agents import indicators as ind
-from conclave.agents.base import F64, Agent, AgentInput, AgentParams, Needs, SeriesOutput
+from conclave.agents.base import Agent, AgentInput, AgentParams, Needs, SeriesOutput
 from conclave.agents.scoring import (
     blend,
     blend1,
@@ -91,7 +92,7 @@ class Momentum(Agent):
         last = n - 1
         h_pair = (int(hs[1, last]), int(hs[0, last])) if bear[last] else None
         l_pair = (int(ls[1, last]), int(ls[0, last])) if bull[last] else None
-        evidence = self._evidence(cd, r, float(slope[last]), h_pair, l_pair)
+        evidence = self._evidence(cd, lambda i: float(r[i]), float(slope[last]), h_pair, l_pair)
         return SeriesOutput(score, conf, evidence)
 
     def compute_last(self, data: AgentInput) -> SeriesOutput:
@@ -100,25 +101,30 @@ class Momentum(Agent):
         cd = data.candles
         n = len(cd)
         t = n - 1
-        r = ind.rsi(cd.close, p.period, p.rsi_window)
-        rl = float(r[t])
+        avg = ind.rsi_averages(cd.close, p.period, p.rsi_window)
+        ag, al = avg[0], avg[1]
+
+        def r(i: int) -> float:  # the RSI of a bar read, on plain floats
+            return ind.rsi1(float(ag[i]), float(al[i]))
+
+        rl = r(t)
         zone = clip1f((rl - 50.0) / 20.0)
         if rl > p.overbought:
             zone = (100.0 - rl) / (100.0 - p.overbought)
         if rl < p.oversold:
             zone = -rl / p.oversold
-        slope = (rl - float(r[t - p.slope_bars])) / 10.0
+        slope = (rl - r(t - p.slope_bars)) / 10.0
         # swings confirmed by t inside the window: those of the trailing bars suffice
         k = p.swing_k
         keep = min(n, p.divergence_window + 2 * k + 1)
         hi_idx, lo_idx = ind.swing_points(cd.high[n - keep :], cd.low[n - keep :], k)
         off, lim = n - keep, t - p.divergence_window
-        hi = [int(i) + off for i in hi_idx[-2:]]
-        lo = [int(i) + off for i in lo_idx[-2:]]
+        hi = [i + off for i in hi_idx[-2:].tolist()]
+        lo = [i + off for i in lo_idx[-2:].tolist()]
         h_pair = l_pair = None
-        if len(hi) == 2 and hi[0] > lim and cd.high[hi[1]] > cd.high[hi[0]] and r[hi[1]] < r[hi[0]]:
+        if len(hi) == 2 and hi[0] > lim and cd.high[hi[1]] > cd.high[hi[0]] and r(hi[1]) < r(hi[0]):
             h_pair = (hi[0], hi[1])
-        if len(lo) == 2 and lo[0] > lim and cd.low[lo[1]] < cd.low[lo[0]] and r[lo[1]] > r[lo[0]]:
+        if len(lo) == 2 and lo[0] > lim and cd.low[lo[1]] < cd.low[lo[0]] and r(lo[1]) > r(lo[0]):
             l_pair = (lo[0], lo[1])
         div = (1.0 if l_pair else 0.0) - (1.0 if h_pair else 0.0)
         score, conf = blend1([zone, slope, div], [0.4, 0.2, 0.4])
@@ -128,7 +134,7 @@ class Momentum(Agent):
     def _evidence(
         self,
         cd: Candles,
-        r: F64,
+        r: Callable[[int], float],
         slope: float,
         h_pair: tuple[int, int] | None,
         l_pair: tuple[int, int] | None,
@@ -141,7 +147,7 @@ class Momentum(Agent):
                 {
                     "kind": "bearish",
                     "price": [point(cd, i1, cd.high[i1]), point(cd, i0, cd.high[i0])],
-                    "rsi": [fnum(r[i1]), fnum(r[i0])],
+                    "rsi": [fnum(r(i1)), fnum(r(i0))],
                 }
             )
         if l_pair is not None:
@@ -150,10 +156,10 @@ class Momentum(Agent):
                 {
                     "kind": "bullish",
                     "price": [point(cd, i1, cd.low[i1]), point(cd, i0, cd.low[i0])],
-                    "rsi": [fnum(r[i1]), fnum(r[i0])],
+                    "rsi": [fnum(r(i1)), fnum(r(i0))],
                 }
             )
-        rl = float(r[-1])
+        rl = r(len(cd) - 1)
         return {
             "rsi": fnum(rl),
             "zone": "overbought"

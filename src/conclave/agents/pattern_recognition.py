@@ -54,6 +54,8 @@ CANDLES: dict[str, str] = {
     "CDL3BLACKCROWS": "three_black_crows",
     "CDLHARAMI": "harami",
 }
+_FUNCS = [getattr(talib, fn) for fn in CANDLES]
+_LABELS = list(CANDLES.values())
 
 
 class PatternRecognitionParams(AgentParams):
@@ -134,41 +136,75 @@ class PatternRecognition(Agent):
         return SeriesOutput(score, conf, self._evidence(cd, first, sig, events, raw_tail))
 
     def compute_last(self, data: AgentInput) -> SeriesOutput:
-        # chart patterns of the last ``horizon`` bars only (`chart_last.detect_last`),
-        # then the same rows, sums and decayed window as `compute` on those bars
+        # chart patterns of the last ``horizon`` bars only (`chart_last.detect_last`), then
+        # the same per-bar sums (rows in order from 0.0, zeros skipped: adding +-0.0 to a
+        # sum that starts at +0.0 changes nothing) and the same decayed window as `compute`,
+        # on plain floats (`indicators.exp_window_last`)
         p = self.params
         cd = data.candles
         n = len(cd)
-        first = n - p.horizon
-        settings = cp.Settings(
-            p.swing_k, p.window, p.tolerance, p.min_height, p.head_margin, p.breakout_bars
-        )
+        hz = p.horizon
+        first = n - hz
+        settings = self._settings()
         events = cl.detect_last(cd.high, cd.low, cd.close, settings, first)
         nk = len(cl.KINDS)
-        sig = np.zeros((nk + (len(CANDLES) if p.candlesticks else 0), p.horizon))
+        # (row, bar - first) -> signed weight; a chart event's direction, a candle's sign
+        chart: dict[tuple[int, int], tuple[float, cl.Event]] = {}
         for e in events:
-            sig[e.row, e.t - first] = e.direction * p.chart_weight
-        raw_tail = np.zeros((0, p.horizon))
+            chart[(e.row, e.t - first)] = (e.direction * p.chart_weight, e)
+        found: list[tuple[int, int, float]] = []  # (row, bar - first, value), row order
+        for (r, j), (v, _) in sorted(chart.items()):
+            found.append((r, j, v))
+        signs: dict[tuple[int, int], float] = {}
         if p.candlesticks:
-            raw_tail = self._candles(cd)[:, first:]
-            sig[nk:] = raw_tail * p.candle_weight
-        both = np.stack([sig.sum(axis=0), np.abs(sig).sum(axis=0)])
-        dec = ind.exp_window_sum(both, p.decay, p.horizon)
-        s_dec, w_dec = float(dec[0, -1]), float(dec[1, -1])
+            for r, j, sg in self._candle_tail(cd, first):
+                signs[(r, j)] = sg
+                found.append((nk + r, j, sg * p.candle_weight))
+        total = [0.0] * hz
+        size = [0.0] * hz
+        for _, j, v in found:
+            total[j] += v
+            size[j] += abs(v)
+        s_dec = ind.exp_window_last(total, p.decay)
+        w_dec = ind.exp_window_last(size, p.decay)
         agree = abs(s_dec) / w_dec if w_dec > 0 else 0.0
         score, conf = finish1(s_dec, 100.0 * min(1.0, w_dec) * agree)
-        return SeriesOutput(score, conf, self._evidence(cd, first, sig, events, raw_tail))
+        labels = _LABELS
+        items: list[tuple[int, int, str, bool, cl.Event | None]] = []
+        for r, j, v in found:
+            if v == 0:  # as `np.nonzero` on the rows: a zero weight lists nothing
+                continue
+            if r < nk:
+                e = chart[(r, j)][1]
+                items.append((r, j + first, cl.KINDS[r], e.direction > 0, e))
+            else:
+                items.append((r, j + first, labels[r - nk], signs[(r - nk, j)] > 0, None))
+        return SeriesOutput(score, conf, self._evidence_items(cd, items))
 
-    def _candles(self, cd: Candles) -> F64:
-        """TA-Lib's candlestick signs (rows in `CANDLES` order) over all of ``cd``."""
-        return np.asarray(self._candle_signs(cd), dtype=np.float64)
+    def _settings(self) -> cp.Settings:
+        """The chart settings of the (frozen) parameters, built once per parameter object."""
+        p = self.params
+        got: tuple[AgentParams, cp.Settings] | None = self.__dict__.get("_chart_settings")
+        if got is None or got[0] is not p:
+            settings = cp.Settings(
+                p.swing_k, p.window, p.tolerance, p.min_height, p.head_margin, p.breakout_bars
+            )
+            got = (p, settings)
+            self.__dict__["_chart_settings"] = got
+        return got[1]
 
-    def _candle_signs(self, cd: Candles) -> npt.NDArray[np.int32]:
-        """`_candles` as TA-Lib's integers: -1, 0 or +1 per row and bar."""
-        out = np.empty((len(CANDLES), len(cd)), dtype=np.int32)
-        for i, raw in enumerate(self._candle_raw(cd)):
-            np.sign(raw, out=out[i])
-        return out
+    def _candle_tail(self, cd: Candles, first: int) -> list[tuple[int, int, float]]:
+        """(row, bar - first, sign) of TA-Lib's nonzero candlestick outputs from ``first``."""
+        fh = [
+            np.ascontiguousarray(x, dtype=np.float64) for x in (cd.open, cd.high, cd.low, cd.close)
+        ]
+        tails = np.array([fn(*fh)[first:] for fn in _FUNCS])
+        rows, bars = np.nonzero(tails)  # row-major: rows in `CANDLES` order
+        vals = tails[rows, bars].tolist()
+        return [
+            (r, j, 1.0 if v > 0 else -1.0)
+            for r, j, v in zip(rows.tolist(), bars.tolist(), vals, strict=True)
+        ]
 
     def _candle_raw(self, cd: Candles) -> list[npt.NDArray[np.int32]]:
         """TA-Lib's candlestick outputs as they come (+-100 and such), in `CANDLES` order."""
@@ -182,32 +218,44 @@ class PatternRecognition(Agent):
     ) -> dict[str, Any]:
         """Every signal of the bars from ``first`` (``sig``'s columns), by end time and kind."""
         at = {(e.row, e.t): e for e in events}
-        labels = list(CANDLES.values())
         nk = len(cl.KINDS)
-        found: list[dict[str, Any]] = []
+        items: list[tuple[int, int, str, bool, cl.Event | None]] = []
         rows_at, bars_at = np.nonzero(sig)
         for r, j in zip(rows_at.tolist(), bars_at.tolist(), strict=True):
             t = j + first
             if r < nk:
                 e = at[(r, t)]
+                items.append((r, t, cl.KINDS[r], e.direction > 0, e))
+            else:
+                items.append((r, t, _LABELS[r - nk], bool(raw[r - nk, j] > 0), None))
+        return self._evidence_items(cd, items)
+
+    def _evidence_items(
+        self, cd: Candles, items: list[tuple[int, int, str, bool, cl.Event | None]]
+    ) -> dict[str, Any]:
+        """The payload of the signals ``(row, bar, kind, bullish, chart event or None)``."""
+        found: list[dict[str, Any]] = []
+        for _, t, kind, bull, e in items:
+            end = iso_ms(int(cd.open_time[t]))
+            if e is not None:
                 found.append(
                     {
-                        "kind": cl.KINDS[r],
+                        "kind": kind,
                         "type": "chart",
-                        "direction": "bullish" if e.direction > 0 else "bearish",
+                        "direction": "bullish" if bull else "bearish",
                         "start": iso_ms(int(cd.open_time[e.start])),
-                        "end": iso_ms(int(cd.open_time[t])),
+                        "end": end,
                         "levels": {k: fnum(v) for k, v in e.levels.items()},
                     }
                 )
             else:
                 found.append(
                     {
-                        "kind": labels[r - nk],
+                        "kind": kind,
                         "type": "candlestick",
-                        "direction": "bullish" if raw[r - nk, j] > 0 else "bearish",
-                        "start": iso_ms(int(cd.open_time[t])),
-                        "end": iso_ms(int(cd.open_time[t])),
+                        "direction": "bullish" if bull else "bearish",
+                        "start": end,
+                        "end": end,
                         "levels": {"close": float(cd.close[t])},
                     }
                 )

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 _PLAIN = frozenset({str, int, bool, type(None)})
+_isfinite = math.isfinite
 
 
 def _plain_fast(value: Any) -> bool:
@@ -23,9 +24,25 @@ def _plain_fast(value: Any) -> bool:
     if t in _PLAIN:
         return True
     if t is dict:
-        return all(type(k) is str and _plain_fast(v) for k, v in value.items())
+        for k, v in value.items():
+            if type(k) is not str:
+                return False
+            tv = type(v)  # the leaves inline: most values are
+            if tv is float:
+                if not _isfinite(v):
+                    return False
+            elif tv not in _PLAIN and not _plain_fast(v):
+                return False
+        return True
     if t is list or t is tuple:
-        return all(_plain_fast(v) for v in value)
+        for v in value:
+            tv = type(v)
+            if tv is float:
+                if not _isfinite(v):
+                    return False
+            elif tv not in _PLAIN and not _plain_fast(v):
+                return False
+        return True
     return False
 
 

@@ -6,6 +6,7 @@ indicators (a bar's value depends only on its trailing window, bit for bit).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -111,7 +112,7 @@ def point(candles: Candles, i: int, price: float) -> dict[str, Any]:
 def fnum(x: float) -> float | None:
     """A float for evidence: None when not finite."""
     v = float(x)
-    return v if np.isfinite(v) else None
+    return v if math.isfinite(v) else None
 
 
 # -- the same arithmetic on plain floats, for the last bar only (`Agent.compute_last`) ------

@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 
 from conclave.agents import indicators as ind
 from conclave.agents.base import Agent, AgentInput, AgentParams, Needs, SeriesOutput
-from conclave.agents.scoring import finish, fnum
+from conclave.agents.scoring import finish, finish1, fnum
 
 REGIMES = ("low", "normal", "high", "extreme")
 
@@ -59,8 +59,43 @@ class VolatilityRegime(Agent):
         return self._calc(data, len(data.candles))
 
     def compute_last(self, data: AgentInput) -> SeriesOutput:
-        # the percentile rank (the costly part) of the last bar only: same comparisons
-        return self._calc(data, 1)
+        # the percentile rank (the costly part) of the last bar only: same comparisons; the
+        # band and confidence of that bar on plain floats, as `_calc`'s elementwise steps
+        p = self.params
+        cd = data.candles
+        n = len(cd)
+        a = ind.atr(cd.high, cd.low, cd.close, p.period, p.atr_window)
+        atr_pct = 100.0 * a / cd.close
+        pct = ind.percent_rank_last(atr_pct, p.rank_window)
+        al, apl = float(a[n - 1]), float(atr_pct[n - 1])
+        edges = (0.0, p.low, p.high, p.extreme, 1.0)
+        v = 0.0 if pct != pct else pct  # np.nan_to_num (pct is never infinite)
+        # np.searchsorted(edges, v, side="right") - 1 clipped to 0..3: edges at or below v
+        band = min(max(sum(1 for e in edges if e <= v) - 1, 0), 3)
+        flat = not al > 0
+        if pct != pct:
+            conf = float("nan")  # as `conf[np.isnan(pct)] = np.nan`: zeroed by `finish`
+        elif flat:
+            conf = 0.0
+        else:
+            lo_e, hi_e = edges[band], edges[band + 1]
+            half = (hi_e - lo_e) / 2.0
+            inner = min(pct - lo_e, hi_e - pct) / (half if half > 0 else 1.0)
+            conf = 50.0 + 50.0 * min(max(inner, 0.0), 1.0)
+            if band == 0 and pct < p.low:
+                conf = 50.0 + 50.0 * (p.low - pct) / p.low
+            if band == 3:
+                conf = 50.0 + 50.0 * (pct - p.extreme) / (1.0 - p.extreme + 1e-12)
+        score, conf_ = finish1(0.0, conf)
+        mult = 1.0 if flat else float(p.multipliers[band])
+        evidence = {
+            "regime": "unknown" if flat else REGIMES[band],
+            "atr": fnum(al),
+            "atr_pct": fnum(apl),
+            "percentile": fnum(100.0 * pct),
+            "size_multiplier": mult,
+        }
+        return SeriesOutput(score, conf_, evidence, columns={"size_multiplier": np.array([mult])})
 
     def _calc(self, data: AgentInput, tail: int) -> SeriesOutput:
         """Score and confidence of the last ``tail`` bars; evidence of the last."""
