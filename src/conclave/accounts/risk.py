@@ -41,8 +41,36 @@ class RiskSnapshot:
     reason: str
 
 
-def _level(x: float, limits: tuple[float, float, float]) -> int:
-    return sum(1 for lim in limits if x >= lim)
+def drawdown_and_loss(equity: float, peak: float, day_start: float | None) -> tuple[float, float]:
+    """Drawdown from ``peak`` and loss since ``day_start`` equity, each clipped to [0, 1]
+    (drawdown 1 when the peak is not above 0; no loss without a start-of-day equity)."""
+    dd = min(1.0, max(0.0, 1.0 - equity / peak)) if peak > 0 else 1.0
+    loss = min(1.0, max(0.0, 1.0 - equity / day_start)) if day_start else 0.0
+    return dd, loss
+
+
+def recovered(drawdown: float, loss_today: float, config: AccountConfig) -> bool:
+    """True when both are back below their halt limits by the ``hysteresis`` band."""
+    band = config.hysteresis
+    return (
+        drawdown < config.drawdown_limits[2] - band
+        and loss_today < config.daily_loss_limits[2] - band
+    )
+
+
+def level_of(
+    drawdown: float, loss_today: float, equity: float, exposure: float, config: AccountConfig
+) -> int:
+    """The risk level (0 ok, 1 warn, 2 reduce, 3 halt): the worse of drawdown's and loss
+    today's by ``config``'s limits, and at least reduce when equity is not above 0 or gross
+    ``exposure`` exceeds ``max_exposure`` x equity."""
+    dd0, dd1, dd2 = config.drawdown_limits
+    ls0, ls1, ls2 = config.daily_loss_limits
+    level = max((drawdown >= dd0) + (drawdown >= dd1) + (drawdown >= dd2),
+                (loss_today >= ls0) + (loss_today >= ls1) + (loss_today >= ls2))  # fmt: skip
+    if equity <= 0 or exposure > config.max_exposure * equity:
+        return max(level, 2)
+    return level
 
 
 def start_of_day(times: Sequence[int], equity: Sequence[float], t_ms: int) -> float | None:
@@ -69,13 +97,9 @@ def assess(
             starting_balance, starting_balance, 0.0, 0.0, 0.0, "ok", "no equity history yet"
         )
     now, peak = equity[-1], max(equity)
-    dd = min(1.0, max(0.0, 1.0 - now / peak)) if peak > 0 else 1.0
-    sod = start_of_day(times, equity, times[-1])
-    loss = min(1.0, max(0.0, 1.0 - now / sod)) if sod else 0.0
-    lv = max(_level(dd, config.drawdown_limits), _level(loss, config.daily_loss_limits))
+    dd, loss = drawdown_and_loss(now, peak, start_of_day(times, equity, times[-1]))
+    lv = level_of(dd, loss, now, exposure, config)
     over = now <= 0 or exposure > config.max_exposure * now
-    if over:
-        lv = max(lv, 2)
     bits = []
     if dd > 0:
         bits.append(f"drawdown {dd:.2%} from peak {peak:.2f}")
@@ -92,14 +116,11 @@ def transition(status: Status, risk: RiskSnapshot, config: AccountConfig) -> tup
     """The account's status after ``risk`` and why ("" when it does not change)."""
     if status == "active" and risk.level == "halt":
         return "halted", f"halt: {risk.reason}"
-    if status == "halted":
-        dd_ok = risk.drawdown < config.drawdown_limits[2] - config.hysteresis
-        loss_ok = risk.loss_today < config.daily_loss_limits[2] - config.hysteresis
-        if dd_ok and loss_ok:
-            return "active", (
-                f"recovered past the hysteresis band ({config.hysteresis:.2%}): drawdown"
-                f" {risk.drawdown:.2%}, loss today {risk.loss_today:.2%}"
-            )
+    if status == "halted" and recovered(risk.drawdown, risk.loss_today, config):
+        return "active", (
+            f"recovered past the hysteresis band ({config.hysteresis:.2%}): drawdown"
+            f" {risk.drawdown:.2%}, loss today {risk.loss_today:.2%}"
+        )
     return status, ""
 
 

@@ -38,7 +38,13 @@ import numpy.typing as npt
 from conclave.accounts import paper
 from conclave.accounts.config import AccountConfig
 from conclave.accounts.paper import Bar, Position
-from conclave.accounts.risk import Protections, after_trade
+from conclave.accounts.risk import (
+    Protections,
+    after_trade,
+    drawdown_and_loss,
+    level_of,
+    recovered,
+)
 from conclave.agents.base import AccountState, Agent, AgentInput, Headline
 from conclave.backtest.result import (
     BLOCKED,
@@ -435,10 +441,6 @@ class EquityCurve:
         return sod
 
 
-def _count_at_or_above(x: float, limits: tuple[float, float, float]) -> int:
-    return (x >= limits[0]) + (x >= limits[1]) + (x >= limits[2])
-
-
 def agent_verdict(
     curve: EquityCurve,
     as_of_ms: int,
@@ -461,11 +463,7 @@ def agent_verdict(
     sod = curve.start_of_day(as_of_ms)
     loss = 1.0 - eq / sod if sod is not None and sod > 0 else 0.0
     loss = min(max(loss, 0.0), 1.0)
-    lv = max(_count_at_or_above(dd, cfg.drawdown_limits),
-             _count_at_or_above(loss, cfg.daily_loss_limits))  # fmt: skip
-    if eq <= 0 or exposure > cfg.max_exposure * eq:
-        lv = max(lv, 2)
-    return 3 if blocked else lv
+    return 3 if blocked else level_of(dd, loss, eq, exposure, cfg)
 
 
 def account_risk(
@@ -474,15 +472,9 @@ def account_risk(
     """`conclave.accounts.risk.assess` at the curve's last point: drawdown, loss today,
     level, and the start-of-day equity it used."""
     now = curve.values[-1]
-    peak = curve.peak
-    dd = min(1.0, max(0.0, 1.0 - now / peak)) if peak > 0 else 1.0
     sod = curve.start_of_day(curve.times[-1])
-    loss = min(1.0, max(0.0, 1.0 - now / sod)) if sod else 0.0
-    lv = max(_count_at_or_above(dd, cfg.drawdown_limits),
-             _count_at_or_above(loss, cfg.daily_loss_limits))  # fmt: skip
-    if now <= 0 or exposure > cfg.max_exposure * now:
-        lv = max(lv, 2)
-    return dd, loss, lv, sod
+    dd, loss = drawdown_and_loss(now, curve.peak, sod)
+    return dd, loss, level_of(dd, loss, now, exposure, cfg), sod
 
 
 @dataclass(slots=True)
@@ -515,9 +507,10 @@ def simulate(
 ) -> AccountTrace:
     """Run the account over ``period`` (``pre`` cut to it): verdict, fill, record, order.
 
-    The arithmetic of `agent_verdict` and `account_risk` is written out inline (this loop
-    is the backtest's hot path, ~3 us a bar); tests/backtest/test_engine.py replays the
-    result through the real `AccountService` and the risk-manager agent bar by bar.
+    The account's risk uses `conclave.accounts.risk`'s own functions; the risk manager's
+    level is reused from the account's when both read the same start of day (see below).
+    tests/backtest/test_engine.py replays the result through the real `AccountService` and
+    the risk-manager agent bar by bar.
     """
     cfg = settings.account
     fee_rate, slip = settings.fee_rate, settings.slippage
@@ -552,11 +545,6 @@ def simulate(
     prot = Protections()
     paused_until = -1
     pending: _Pending | None = None
-    dd0, dd1, dd2 = cfg.drawdown_limits
-    ls0, ls1, ls2 = cfg.daily_loss_limits
-    halt_dd = dd2 - cfg.hysteresis
-    halt_loss = ls2 - cfg.hysteresis
-    max_exposure = cfg.max_exposure
     multipliers = (1.0, cfg.warn_multiplier, cfg.reduce_multiplier, 0.0)
 
     # the risk manager's level at the next run equals the account's at this close when both
@@ -615,16 +603,12 @@ def simulate(
         if day != sod_day or as_of == day:  # a point at exactly 00:00 starts its day
             got = curve.start_of_day(as_of)
             sod_day, sod = day, (got if got is not None else 0.0)
-        dd = min(1.0, max(0.0, 1.0 - equity / peak)) if peak > 0 else 1.0
-        loss = min(1.0, max(0.0, 1.0 - equity / sod)) if sod else 0.0
-        level = (dd >= dd0) + (dd >= dd1) + (dd >= dd2)
-        level = max(level, (loss >= ls0) + (loss >= ls1) + (loss >= ls2))
-        if (equity <= 0 or abs(held) > max_exposure * equity) and level < 2:
-            level = 2
+        dd, loss = drawdown_and_loss(equity, peak, sod)
+        level = level_of(dd, loss, equity, abs(held), cfg)
         if status == _STATUS_ACTIVE:
             if level == 3:
                 status = _STATUS_HALTED
-        elif dd < halt_dd and loss < halt_loss:
+        elif recovered(dd, loss, cfg):
             status = _STATUS_ACTIVE
         if peak > 0 and sod > 0:
             reuse_day, reuse_level = day, level
