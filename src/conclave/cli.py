@@ -65,6 +65,7 @@ class CliState:
     now_ms: Callable[[], int]
     out: Console
     err: Console
+    env_file: Path = Path(".env")
 
 
 def _fail(err: Console, message: str, code: int) -> NoReturn:
@@ -100,7 +101,7 @@ def root(
     except ConfigurationError as exc:
         _fail(err, str(exc), 2)
     configure_logging(settings.log_level, settings.log_json)
-    ctx.obj = CliState(settings=settings, now_ms=wall_clock_ms, out=Console(), err=err)
+    ctx.obj = CliState(settings, wall_clock_ms, Console(), err, env_file)
 
 
 def _parse_instant(value: str, field: str) -> int:

@@ -46,7 +46,7 @@ def serve(
     host: Annotated[str | None, typer.Option("--host", help="Interface to bind.")] = None,
 ) -> None:
     """Serve one agent: GET /health, GET /info, POST /run."""
-    from conclave.services.agent_main import serve as serve_agent
+    from conclave.services.agent_main import exec_lean
 
     state: CliState = ctx.obj
     settings = state.settings
@@ -54,13 +54,10 @@ def serve(
         _fail(state.err, unknown_agent_message(name), 2)
     if port is not None and not 0 < port < 65536:
         _fail(state.err, f"--port: must be 1 to 65535, got {port}", 2)
-    serve_agent(
-        name,
-        settings,
-        port=port or settings.agents.ports[name],
-        host=host or settings.agents.host,
-        now_ms=state.now_ms,
-    )
+    # the same app from the lean entry, in this process's place: it does not carry the whole
+    # command line's modules (121 MB resident instead of 84 MB, against a 120 MB budget)
+    exec_lean(name, port=port or settings.agents.ports[name],
+              host=host or settings.agents.host, env_file=state.env_file)  # fmt: skip
 
 
 @agents_cli.command("start")

@@ -15,7 +15,7 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,11 +23,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from conclave.agents.base import Agent
-from conclave.backtest.engine import BacktestSettings
 from conclave.cli import SOURCE_HELP, CliState, _check_series, _fail, _parse_instant, _run, app
 from conclave.errors import InvalidRequestError
 from conclave.market.sources import open_source
 from conclave.pipeline.decision import ALL_AGENTS, ANALYSIS_AGENTS, RISK_AGENT, DecisionConfig
+
+if TYPE_CHECKING:  # the engine is imported when the command runs: `conclave agent serve`
+    from conclave.backtest.engine import BacktestSettings  # shares this CLI's import cost
 
 PHASES = {
     "agents": "agents (vectorized)",
@@ -213,6 +215,8 @@ def backtest(
     try:
         names = parse_agents(agents)
         config = decision_config(names, parse_weights(weights))
+        from conclave.backtest.engine import BacktestSettings
+
         # one file holds one timeframe: the higher ones are built from it (as `conclave run`)
         one_file = spec.startswith("file:") and Path(spec[5:]).expanduser().is_file()
         settings = BacktestSettings(

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx2
 import psutil
 import pytest
 from typer.testing import CliRunner
@@ -23,7 +24,7 @@ from conclave.services.procs import (
     write_pidfile,
 )
 from conclave.settings import AgentServiceSettings, Settings
-from tests.services.helpers import free_port
+from tests.services.helpers import free_port, wait_health
 
 IGNORES_TERM = (
     "import signal, sys, time\n"
@@ -134,3 +135,28 @@ def test_the_lean_agent_entry_point_refuses_bad_input(capsys: pytest.CaptureFixt
     assert "unknown agent 'momentun'" in capsys.readouterr().err
     assert main(["momentum", "--port", "70000"]) == 2
     assert "--port" in capsys.readouterr().err
+
+
+def test_agent_serve_runs_the_lean_entry_with_the_env_file(tmp_path: Path) -> None:
+    """`conclave --env-file F agent serve NAME` replaces itself (same pid) with the lean
+    entry, which does not load the whole command line (the 120 MB budget per agent), and
+    reads F: its 2,000-byte body limit answers a 5 kB request with 413."""
+    env = tmp_path / "custom.env"
+    env.write_text("CONCLAVE_AGENTS__MAX_BODY_BYTES=2000\n")
+    port = free_port()
+    cmd = [sys.executable, "-m", "conclave", "--env-file", str(env), "agent", "serve",
+           "order-flow", "--port", str(port)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_health(url, "order-flow")
+        cmdline = psutil.Process(proc.pid).cmdline()
+        assert cmdline[1:4] == ["-m", "conclave.services.agent_main", "order-flow"]
+        assert cmdline[-2:] == ["--env-file", str(env)]
+        body = b'{"symbol": "BTCUSDT", "timeframe": "1h", "pad": "' + b"x" * 5000 + b'"}'
+        r = httpx2.post(f"{url}/run", content=body,
+                        headers={"Content-Type": "application/json"})  # fmt: skip
+        assert r.status_code == 413
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
