@@ -17,9 +17,13 @@ Pure functions, no I/O, no clock (times are bar times, ms UTC):
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
 
 from conclave.accounts.config import AccountConfig
 from conclave.timeframes import DAY_MS
@@ -73,14 +77,20 @@ def level_of(
     return level
 
 
-def start_of_day(times: Sequence[int], equity: Sequence[float], t_ms: int) -> float | None:
-    """Equity at 00:00 UTC of ``t_ms``'s day: last point at or before it, else the day's first."""
+def start_of_day(
+    times: Sequence[int] | npt.NDArray[np.int64],
+    equity: Sequence[float] | npt.NDArray[np.float64],
+    t_ms: int,
+) -> float | None:
+    """Equity at 00:00 UTC of ``t_ms``'s day: last point at or before it, else the day's first
+    point up to ``t_ms`` (None when there is neither). ``times`` ascend: a binary search."""
     day = (t_ms // DAY_MS) * DAY_MS
-    before = [e for t, e in zip(times, equity, strict=True) if t <= day]
-    if before:
-        return before[-1]
-    today = [e for t, e in zip(times, equity, strict=True) if day < t <= t_ms]
-    return today[0] if today else None
+    i = bisect.bisect_right(times, day)
+    if i > 0:
+        return float(equity[i - 1])
+    if i < len(times) and times[i] <= t_ms:
+        return float(equity[i])
+    return None
 
 
 def assess(

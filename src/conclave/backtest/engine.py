@@ -25,7 +25,6 @@ at the next bar that exists, as in live trading.
 
 from __future__ import annotations
 
-import bisect
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -44,6 +43,7 @@ from conclave.accounts.risk import (
     drawdown_and_loss,
     level_of,
     recovered,
+    start_of_day,
 )
 from conclave.agents.base import AccountState, Agent, AgentInput, Headline
 from conclave.backtest.result import (
@@ -338,7 +338,6 @@ class PreDecision:
     action: npt.NDArray[np.int8]
     strength: F64
     vol_mult: F64
-    healthy: npt.NDArray[np.int64]
 
 
 def pre_decide(series: Mapping[str, AgentSeries], config: DecisionConfig, n: int) -> PreDecision:
@@ -392,7 +391,6 @@ def pre_decide(series: Mapping[str, AgentSeries], config: DecisionConfig, n: int
         action,
         np.where(made, strength, 0.0),
         vol_mult,
-        healthy,
     )
 
 
@@ -402,9 +400,8 @@ def pre_decide(series: Mapping[str, AgentSeries], config: DecisionConfig, n: int
 class EquityCurve:
     """Equity recorded at each bar's close; peak and start-of-day answered incrementally.
 
-    Gives the same numbers as `conclave.accounts.risk.start_of_day` and ``max`` over the
-    whole curve, without rescanning it at every bar (the start of a day is looked up once
-    per day: points only ever arrive later than every query so far).
+    The peak is kept as points arrive, and `conclave.accounts.risk.start_of_day` is asked
+    once per day (points only ever arrive later than every query so far).
     """
 
     __slots__ = ("_day", "_sod", "peak", "times", "values")
@@ -430,13 +427,7 @@ class EquityCurve:
         day = t_ms - t_ms % DAY_MS
         if day == self._day and self._sod is not None:
             return self._sod
-        i = bisect.bisect_right(self.times, day)
-        if i > 0:
-            sod: float | None = self.values[i - 1]
-        elif i < len(self.times) and self.times[i] <= t_ms:
-            sod = self.values[i]
-        else:
-            sod = None
+        sod = start_of_day(self.times, self.values, t_ms)
         self._day, self._sod = day, sod
         return sod
 
@@ -735,8 +726,8 @@ def account_state_at(
     """What the live account reader would give a run at bar ``i`` of ``result``'s period.
 
     The equity recorded at the closes of bars before ``i``, the open exposure at their last
-    marks, the start-of-day equity of bar ``i``'s close (`accounts.risk.start_of_day`'s
-    rule), and the account's levels with the blocking reason (halted, or paused by the
+    marks, the start-of-day equity of bar ``i``'s close (`accounts.risk.start_of_day`),
+    and the account's levels with the blocking reason (halted, or paused by the
     stop-loss streak guard).
     """
     trace = result.trace
@@ -745,11 +736,6 @@ def account_state_at(
     as_of = int(result.close_time[i])
     times = result.close_time[:i]
     equity = trace.equity[:i]
-    sod: float | None = None
-    if i > 0:
-        day = as_of - as_of % DAY_MS
-        k = int(np.searchsorted(times, day, side="right"))
-        sod = float(equity[k - 1]) if k > 0 else float(equity[0])  # times[0] <= as_of
     blocked = ""
     if i > 0 and trace.halted[i - 1]:
         blocked = "account halted"
@@ -760,6 +746,6 @@ def account_state_at(
         equity_time_ms=times,
         equity=equity,
         open_exposure=float(trace.exposure_abs[i - 1]) if i > 0 else 0.0,
-        start_of_day_equity=sod,
+        start_of_day_equity=start_of_day(times, equity, as_of) if i > 0 else None,
         risk=cfg.agent_risk(blocked),
     )
