@@ -62,7 +62,7 @@ from conclave.market.candles import Candles
 from conclave.market.gateway import MarketGateway, ResamplePolicy
 from conclave.market.resample import closed_index_at, resample
 from conclave.market.sources.base import MAX_LIMIT, CandleSource
-from conclave.market.validation import STALE_GRACE_MS, find_gaps, validate
+from conclave.market.validation import find_gaps, stale_before, validate
 from conclave.news.sources import NewsSource
 from conclave.pipeline.context import InputPlan, higher_limits
 from conclave.pipeline.decision import (
@@ -279,22 +279,27 @@ def fresh_mask(history: History) -> B:
             return np.zeros(len(close), dtype=bool)
         idx = closed_index_at(hc, close)
         newest = np.where(idx >= 0, hc.open_time[np.maximum(idx, 0)], np.iinfo(np.int64).min)
-        ok &= (idx >= 0) & (newest >= close - (2 * htf.ms + STALE_GRACE_MS))
+        ok &= (idx >= 0) & (newest >= stale_before(htf, close))
     return ok
 
 
 def agent_series(
-    history: History, agents: Mapping[str, Agent], progress: Progress | None = None
+    history: History,
+    agents: Mapping[str, Agent],
+    progress: Progress | None = None,
+    *,
+    fresh: B | None = None,
 ) -> dict[str, AgentSeries]:
     """Every analysis agent's series over the whole history, with where it is usable.
 
     An agent is usable at a bar when its window is long enough (``min_bars``), its series
     succeeded, and the data is fresh there (`fresh_mask`; else the live run fails every
-    step with ``stale_data``).
+    step with ``stale_data``); pass ``fresh`` when it is already known.
     """
     n = len(history.candles)
     idx = np.arange(n)
-    fresh = fresh_mask(history)
+    if fresh is None:
+        fresh = fresh_mask(history)
     out: dict[str, AgentSeries] = {}
     names = [a for a in agents if a != RISK_AGENT]
     for k, name in enumerate(names):
@@ -652,7 +657,8 @@ def run_backtest(
     """Agents, decision and account over ``history``'s period (see the module docstring)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    series = agent_series(history, agents, progress)
+    fresh = fresh_mask(history)
+    series = agent_series(history, agents, progress, fresh=fresh)
     timings["agents_s"] = time.perf_counter() - t0
     n_all = len(history.candles)
 
@@ -670,10 +676,8 @@ def run_backtest(
 
     cut = {name: _cut(a, s) for name, a in series.items()}
     if RISK_AGENT in agents:
-        m = len(period)
-        fresh = fresh_mask(history)[s:]
-        cut[RISK_AGENT] = AgentSeries(RISK_AGENT, np.zeros(m), np.where(fresh, 100.0, 0.0),
-                                      fresh)  # fmt: skip
+        m, ok = len(period), fresh[s:]
+        cut[RISK_AGENT] = AgentSeries(RISK_AGENT, np.zeros(m), np.where(ok, 100.0, 0.0), ok)
     action = trace.action
     if RISK_AGENT not in agents:  # never tradable without the risk manager (RELIABILITY C5)
         action = np.where(pre.made, BLOCKED, NONE).astype(np.int8)

@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from conclave.errors import InvalidCandlesError, StaleDataError
 from conclave.market.candles import Candles
-from conclave.timeframes import MINUTE_MS
+from conclave.timeframes import MINUTE_MS, Timeframe
 
 #: freqtrade's rule: the newest closed candle may be at most 2 x timeframe + 5 min old.
 STALE_GRACE_MS = 5 * MINUTE_MS
@@ -194,11 +194,17 @@ def fill_gaps(candles: Candles) -> tuple[Candles, npt.NDArray[np.bool_]]:
     return candles.with_columns(cols), ~present
 
 
+def stale_before(tf: Timeframe, as_of_ms: Any) -> Any:
+    """The oldest open time a newest bar may have to be fresh at ``as_of_ms`` (ms UTC; an
+    int or an array of them): 2 bars + 5 min earlier."""
+    return as_of_ms - (2 * tf.ms + STALE_GRACE_MS)
+
+
 def check_fresh(candles: Candles, as_of_ms: int) -> None:
     """Raise `StaleDataError` unless the newest bar opened within 2 x tf + 5 min of as_of."""
     tf = candles.timeframe
     newest = candles.last_open_ms
-    limit = as_of_ms - (2 * tf.ms + STALE_GRACE_MS)
+    limit = stale_before(tf, as_of_ms)
     if newest is None or newest < limit:
         shown = "no candles" if newest is None else f"newest bar opened at {newest} ms"
         raise StaleDataError(
