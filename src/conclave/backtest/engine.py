@@ -64,7 +64,7 @@ from conclave.market.resample import closed_index_at, resample
 from conclave.market.sources.base import MAX_LIMIT, CandleSource
 from conclave.market.validation import find_gaps, stale_before, validate
 from conclave.news.sources import NewsSource
-from conclave.pipeline.context import InputPlan, higher_limits
+from conclave.pipeline.context import InputPlan, fetch_plan, higher_limits
 from conclave.pipeline.decision import (
     ANALYSIS_AGENTS,
     DIRECTIONAL_AGENTS,
@@ -160,11 +160,6 @@ class History:
         )
 
 
-def warmup_bars(agents: Mapping[str, Agent], timeframe: str) -> int:
-    """Bars before the period the agents' windows need (their longest lookback)."""
-    return max((a.lookback(timeframe) for a in agents.values()), default=1)
-
-
 async def load_history(
     source: CandleSource,
     symbol: str,
@@ -184,7 +179,7 @@ async def load_history(
     the end for a live source). Raises `InvalidRequestError` when the period holds no bar.
     """
     tf = Timeframe.parse(timeframe)
-    warm = warmup_bars(agents, tf.name)
+    warm, _ = fetch_plan(agents.values(), tf.name)  # the warm-up: the longest lookback
     is_file = source.name.startswith("file:")
     end = tf.floor(end_ms) if end_ms is not None else (None if is_file else tf.floor(now_ms))
     if end is None:  # a file, read whole
@@ -235,14 +230,10 @@ async def _higher(
     policy: ResamplePolicy,
 ) -> tuple[dict[str, Candles], frozenset[str]]:
     """Each higher timeframe the agents read, built as the live gateway builds it."""
-    plans = [InputPlan.of(agent, tf.name) for agent in agents.values()]
-    names: list[str] = []
-    for plan in plans:
-        names += [h for h in plan.higher if h not in names]
+    limit, names = fetch_plan(agents.values(), tf.name)
     if not names:
         return {}, frozenset()
-    limit = warmup_bars(agents, tf.name)
-    wanted = higher_limits(plans)
+    wanted = higher_limits([InputPlan.of(agent, tf.name) for agent in agents.values()])
     gateway = MarketGateway(source, resample=policy)
     higher_tfs = [Timeframe.parse(h) for h in names]
     _, planned = gateway.resample_plan(tf, higher_tfs, limit, limit if wanted is None else wanted)

@@ -14,7 +14,7 @@ give a usable answer (error, timeout, stale or insufficient data, values out of 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -133,6 +133,16 @@ class InputPlan:
         higher = needs.higher_timeframes(timeframe)
         bars = higher_bars(timeframe, higher, lookback) if needs.higher_in_lookback else ()
         return cls(lookback, higher, needs.news, needs.account, bars)
+
+
+def fetch_plan(agents: Iterable[Agent], timeframe: str) -> tuple[int, tuple[str, ...]]:
+    """Bars of ``timeframe`` to fetch for ``agents`` (their longest lookback) and the higher
+    timeframes they read, in the order they name them."""
+    limit, higher = 1, []
+    for agent in agents:
+        limit = max(limit, agent.lookback(timeframe))
+        higher += [t for t in agent.needs.higher_timeframes(timeframe) if t not in higher]
+    return limit, tuple(higher)
 
 
 def higher_limits(plans: Sequence[InputPlan]) -> dict[str, int] | None:

@@ -37,6 +37,7 @@ from conclave.pipeline.context import (
     PipelineContext,
     StepResult,
     StepStatus,
+    fetch_plan,
     higher_limits,
 )
 from conclave.pipeline.decision import (
@@ -172,11 +173,7 @@ class Pipeline:
 
     def plan(self, timeframe: str) -> tuple[int, tuple[str, ...]]:
         """Bars of ``timeframe`` to fetch (the longest lookback) and the higher timeframes."""
-        limit = max((a.lookback(timeframe) for a in self.agents.values()), default=1)
-        higher: list[str] = []
-        for agent in self.agents.values():
-            higher += [t for t in agent.needs.higher_timeframes(timeframe) if t not in higher]
-        return limit, tuple(higher)
+        return fetch_plan(self.agents.values(), timeframe)
 
     def higher_limit(self, timeframe: str) -> dict[str, int] | None:
         """Bars of each higher timeframe to fetch (`conclave.pipeline.context.higher_limits`)."""
