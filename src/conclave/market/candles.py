@@ -201,11 +201,6 @@ class Candles:
             self.simulated,
         )
 
-    def until(self, end_ms: int) -> Candles:
-        """Bars that opened strictly before ``end_ms``."""
-        cut = int(np.searchsorted(self.open_time, end_ms, side="left"))
-        return self if cut == len(self) else self.take(slice(0, cut))
-
     def relabel(self, *, symbol: str | None = None, source: str | None = None) -> Candles:
         """Same data under another symbol or source label."""
         return replace(self, symbol=symbol or self.symbol, source=source or self.source)
