@@ -223,10 +223,11 @@ def backtest(
             starting_balance=balance, fee_rate=fee, slippage=slippage, decision=config,
             resample="resample" if one_file else "auto",
         )  # fmt: skip
-        for path, kinds in ((signals, (".csv", ".parquet")), (trades, (".csv", ".parquet")),
-                            (report, (".html", ".htm")), (png, (".png",))):  # fmt: skip
+        tables = (".csv", ".parquet")
+        for flag, path, kinds in (("signals", signals, tables), ("trades", trades, tables),
+                                  ("report", report, (".html", ".htm")),
+                                  ("png", png, (".png",))):  # fmt: skip
             if path is not None and path.suffix.lower() not in kinds:
-                flag = {signals: "signals", trades: "trades", report: "report", png: "png"}[path]
                 raise InvalidRequestError(f"{path} must end in {' or '.join(kinds)}", field=flag)
     except InvalidRequestError as exc:
         _fail(state.err, f"--{exc.field}: {exc}", 2)
