@@ -87,7 +87,7 @@ def _reduce(x: F64, w: int, combine: Combine, decay: float | None = None) -> F64
     m = n - w + 1
     if w <= 0 or m <= 0:
         return np.zeros(0, dtype=np.float64)
-    if x.size >= 8192:
+    if x.size >= 8192 and (decay is not None or combine in _UFUNCS):
         return _reduce_long(x, w, combine, decay)
     cur, size, start = x, 1, 0
     res: F64 | None = None
@@ -105,24 +105,10 @@ def _reduce(x: F64, w: int, combine: Combine, decay: float | None = None) -> F64
 
 
 def _reduce_long(x: F64, w: int, combine: Combine, decay: float | None) -> F64:
-    """`_reduce` with the same operations written into two reused buffers (long inputs)."""
+    """`_reduce` with the same operations written into two reused buffers (long inputs; a
+    combine that is a known ufunc, or a decay)."""
     m = x.shape[-1] - w + 1
     uf = _UFUNCS.get(combine)
-    if uf is None and decay is None:  # an arbitrary combine: fresh arrays
-        cur_: F64 = x
-        res_: F64 | None = None
-        size, start = 1, 0
-        while True:
-            if w & size:
-                part = cur_[..., start : start + m]
-                res_ = part.copy() if res_ is None else combine(res_, part, size)
-                start += size
-            if size * 2 > w:
-                break
-            cur_ = combine(cur_[..., :-size], cur_[..., size:], size)
-            size *= 2
-        assert res_ is not None
-        return res_
     dec = 1.0 if decay is None else decay
     spare = [np.empty(x.shape, dtype=x.dtype) for _ in range(2)]
     cur, size, start = x, 1, 0
