@@ -17,6 +17,7 @@ history's series up to t exactly, bit for bit.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,8 +123,6 @@ async def check_parity(
     progress: Any = None,
 ) -> ParityReport:
     """Compare the live pipeline with ``result`` at ``n`` seeded bars (module docstring)."""
-    import time
-
     t0 = time.perf_counter()
     report = ParityReport(bars=parity_bars(result, n, seed))
     gateway = MarketGateway(source, resample=settings.resample)
@@ -247,8 +246,6 @@ def check_lookahead(
     progress: Any = None,
 ) -> LookaheadReport:
     """Series on the history cut at each of ``cuts`` bars equals the full series up to it."""
-    import time
-
     t0 = time.perf_counter()
     names = [a for a in agents if a != "risk-manager"]
     full = {a: agents[a].series(history.input_for(agents[a])) for a in names}
