@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -147,21 +145,6 @@ async def test_refuses_bad_requests() -> None:
         await source.get_candles("BTCUSDT", "1h", 0)
     with pytest.raises(InvalidRequestError, match="finest timeframe is 1m"):
         await source.get_candles("BTCUSDT", "1s", 5)
-
-
-async def test_speed_is_printed() -> None:
-    """Time for 1000 bars of 1h and of 1d from a cold source (printed, not gated)."""
-    lines = []
-    for tf in ("1h", "1d", "1m", "1w"):
-        source = sim()
-        t0 = time.perf_counter()
-        c = await source.get_candles("BTCUSDT", tf, 1000)
-        cold = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        await source.get_candles("BTCUSDT", tf, 1000)
-        warm = time.perf_counter() - t0
-        lines.append(f"{tf} x {len(c)}: cold {cold * 1e3:.0f} ms, cached {warm * 1e3:.1f} ms")
-    print("\nsim " + "; ".join(lines))
 
 
 async def test_a_tiny_cache_changes_nothing() -> None:
