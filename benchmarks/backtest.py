@@ -12,6 +12,9 @@ For the real 45,024-bar BTC 1h file and the 65,741-bar BTC 5m file, prints:
   ``--naive-bars`` slice (gateway over the same file source, the agents' live `run`, the
   decision), in bars/s, and the ratios of the backtest to it (target: at least 500x).
 
+What the result then costs to turn into figures, a chart and a report:
+benchmarks/backtest_figures.py.
+
     .venv/bin/python benchmarks/backtest.py [--repeat 5] [--naive-bars 400]
 """
 
@@ -29,14 +32,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from conclave.agents.base import iso_ms
 from conclave.backtest.checks import TraceReader
-from conclave.backtest.engine import BacktestSettings, History, load_history, run_backtest
+from conclave.backtest.engine import run_backtest
+from conclave.backtest.history import History, load_history
 from conclave.backtest.result import BacktestResult
+from conclave.backtest.settings import BacktestSettings
 from conclave.market.gateway import MarketGateway
 from conclave.market.sources.files import FileSource
 from conclave.pipeline import Pipeline
 from conclave.pipeline.orchestrator import default_agents
+from conclave.timeframes import iso_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 CANDLES = ROOT.parent / "shared/data/candles"

@@ -10,11 +10,13 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from conclave.agents.base import Agent, AgentInput, Needs, SeriesOutput
+from conclave.agents import Agent, AgentInput, Needs, SeriesOutput
 from conclave.agents.momentum import Momentum
 from conclave.backtest.checks import check_lookahead, check_parity
-from conclave.backtest.engine import BacktestSettings, History, load_history, run_backtest
+from conclave.backtest.engine import run_backtest
+from conclave.backtest.history import History, load_history
 from conclave.backtest.result import BacktestResult
+from conclave.backtest.settings import BacktestSettings
 from conclave.market.sources.files import FileSource, parse_file_name
 from conclave.market.sources.sim import SimSource
 from conclave.pipeline.orchestrator import default_agents

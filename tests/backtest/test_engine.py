@@ -12,19 +12,14 @@ import pytest
 
 from conclave.accounts import AccountConfig, AccountService, Bar, StoreAccountReader
 from conclave.accounts.risk import assess, start_of_day
-from conclave.agents.base import AgentInput
+from conclave.agents import AgentInput
 from conclave.agents.risk_manager import RiskManager
-from conclave.backtest.engine import (
-    BacktestSettings,
-    EquityCurve,
-    History,
-    account_risk,
-    account_state_at,
-    load_history,
-    pre_decide,
-    run_backtest,
-)
+from conclave.backtest.account_loop import EquityCurve, account_risk, account_state_at
+from conclave.backtest.engine import run_backtest
+from conclave.backtest.history import History, load_history
 from conclave.backtest.result import ACTIONS, BUY, LEVELS, NONE, SELL, AgentSeries
+from conclave.backtest.settings import BacktestSettings
+from conclave.backtest.signals import pre_decide
 from conclave.market.candles import Candles
 from conclave.market.resample import resample
 from conclave.market.sources.files import FileSource

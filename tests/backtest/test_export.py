@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conclave.agents.base import iso_ms
 from conclave.backtest.export import iso_array, signals_table, trades_table, write_table
 from conclave.backtest.result import BUY, SELL, BacktestResult, Fill
 from conclave.errors import InvalidRequestError
+from conclave.timeframes import iso_ms
 
 from .helpers import T0, agent, make_result
 

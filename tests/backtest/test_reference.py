@@ -23,16 +23,13 @@ from hypothesis import strategies as st
 from conclave.accounts import AccountConfig, paper
 from conclave.accounts.paper import Bar, Position
 from conclave.accounts.risk import Protections, after_trade, assess, start_of_day, transition
-from conclave.agents.base import AccountState, AgentInput
+from conclave.agents import AccountState, AgentInput
 from conclave.agents.risk_manager import RiskManager
-from conclave.backtest.engine import (
-    BacktestSettings,
-    History,
-    agent_series,
-    load_history,
-    run_backtest,
-)
+from conclave.backtest.engine import run_backtest
+from conclave.backtest.history import History, load_history
 from conclave.backtest.result import ACTIONS, LEVELS, AgentSeries
+from conclave.backtest.settings import BacktestSettings
+from conclave.backtest.signals import agent_series
 from conclave.market.sources.files import FileSource
 from conclave.pipeline.context import StepResult
 from conclave.pipeline.decision import decide

@@ -5,16 +5,17 @@ from __future__ import annotations
 import base64
 import json
 import re
-import time
 from pathlib import Path
 
 import matplotlib.image
 import numpy as np
 import pytest
 
+from conclave.backtest.chart import minmax_indices, plot_png
 from conclave.backtest.metrics import performance
-from conclave.backtest.report import minmax_indices, plot_png, summary, write_html
+from conclave.backtest.report import write_html
 from conclave.backtest.result import BacktestResult, Fill, Gap
+from conclave.backtest.summary import summary
 
 from .helpers import T0, agent, make_result, synthetic
 
@@ -72,11 +73,10 @@ def test_png_is_valid(tmp_path: Path) -> None:
     assert float(image[..., :3].std()) > 0.05  # something was drawn
 
 
-def test_png_of_a_long_simulated_run_is_fast(tmp_path: Path) -> None:
-    res = synthetic(100_000)
-    t = time.perf_counter()
-    path = plot_png(res, tmp_path / "long.png")
-    assert time.perf_counter() - t < 10.0
+def test_png_of_a_long_simulated_run_is_valid(tmp_path: Path) -> None:
+    """A 100,000-bar run (downsampled, gaps shaded) still gives a PNG; its speed is in
+    benchmarks/backtest_figures.py."""
+    path = plot_png(synthetic(100_000), tmp_path / "long.png")
     assert path.read_bytes()[:8] == PNG_MAGIC
 
 
@@ -156,11 +156,9 @@ def test_summary_is_plain_json() -> None:
     assert "parity" not in summary(res)
 
 
-def test_summary_fast_on_100k_bars() -> None:
-    res = synthetic(100_000)
-    summary(res)
-    t = time.perf_counter()
-    out = summary(res)
-    assert time.perf_counter() - t < 0.5  # ~90 ms measured
+def test_summary_of_a_long_run_is_plain_json() -> None:
+    """A 100,000-bar run's summary holds only JSON types (numpy settings unwrapped); its
+    speed is in benchmarks/backtest_figures.py."""
+    out = summary(synthetic(100_000))
     json.dumps(out, allow_nan=False)
     assert out["settings"]["max_position_fraction"] == 0.25

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -185,12 +184,11 @@ def test_ic_none_with_few_signals_or_constant_returns() -> None:
     assert b.hit_rate == pytest.approx(3 / 5)
 
 
-def test_fast_on_100k_bars() -> None:
+def test_skill_and_performance_of_a_long_run() -> None:
+    """On 100,000 bars every agent gets a skill row (the most skilled one a high IC) and the
+    performance is plain JSON; the speed is in benchmarks/backtest_figures.py."""
     res = synthetic(100_000)
-    agent_skill(res)
-    t = time.perf_counter()
     skills = agent_skill(res)
-    assert time.perf_counter() - t < 0.5  # ~80 ms measured; generous for loaded CI boxes
     assert len(skills) == 10
     assert _by_name(skills, "risk-manager").signals == 0
     stat = _by_name(skills, "statistical-edge")  # built with the most skill

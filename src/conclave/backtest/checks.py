@@ -24,14 +24,17 @@ from typing import Any
 
 import numpy as np
 
-from conclave.agents.base import AccountState, Agent, iso_ms
-from conclave.backtest.engine import BacktestSettings, History, account_state_at
+from conclave.agents import AccountState, Agent
+from conclave.backtest.account_loop import account_state_at
+from conclave.backtest.history import History
 from conclave.backtest.result import ACTIONS, BacktestResult
+from conclave.backtest.settings import BacktestSettings
 from conclave.market.gateway import MarketGateway
 from conclave.market.resample import resample
 from conclave.market.sources.base import CandleSource
 from conclave.news.sources import NewsSource
 from conclave.pipeline.orchestrator import Pipeline
+from conclave.timeframes import iso_ms
 
 #: Largest absolute difference parity tolerates.
 TOLERANCE = 1e-9

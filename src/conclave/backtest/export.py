@@ -23,7 +23,7 @@ SUFFIXES: tuple[str, ...] = (".csv", ".parquet")
 
 
 def iso_array(t_ms: npt.ArrayLike) -> npt.NDArray[np.str_]:
-    """ISO 8601 UTC text with milliseconds of each ms time (as `conclave.agents.base.iso_ms`)."""
+    """ISO 8601 UTC text with milliseconds of each ms time (as `conclave.timeframes.iso_ms`)."""
     t = np.asarray(t_ms, dtype=np.int64)
     out: npt.NDArray[np.str_] = np.datetime_as_string(
         t.astype("datetime64[ms]"), unit="ms", timezone="UTC"

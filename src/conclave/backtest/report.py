@@ -1,10 +1,8 @@
-"""The backtest report: a chart (PNG), one self-contained HTML page and the JSON summary.
+"""The backtest report: one self-contained HTML page.
 
-`plot_png` draws the equity of the strategy and of buy-and-hold (same starting balance) over
-their drawdowns (percent), gaps shaded; `write_html` puts the header, the performance and
-buy-and-hold figures, the chart (embedded as a data URI), the per-agent skill, gaps, trades
-and timings in one HTML file with no external assets and no JavaScript; `summary` is the
-CLI's ``--json`` object (plain JSON types only, NaN as null).
+`write_html` puts the header, the performance and buy-and-hold figures, the chart
+(`chart.plot_png`, embedded as a data URI), the per-agent skill, gaps, trades and timings in
+one HTML file with no external assets and no JavaScript.
 """
 
 from __future__ import annotations
@@ -17,191 +15,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
+from conclave.backtest.chart import chart_title, plot_png
 from conclave.backtest.export import iso_array
-from conclave.backtest.metrics import (
-    Headline,
-    Performance,
-    buy_and_hold_equity,
-    drawdown,
-    performance,
-    period_years,
-)
-from conclave.backtest.result import F64, BacktestResult, Fill
+from conclave.backtest.metrics import Headline, Performance, performance, period_years
+from conclave.backtest.result import BacktestResult, Fill
 from conclave.backtest.skill import AgentSkill, agent_skill
+from conclave.backtest.summary import period_iso, plain
 
-#: Points per plotted line at most (each bucket keeps its min and max).
-MAX_PLOT_POINTS = 4000
 #: Trades listed in full up to this many; beyond it, the first and last `TRADES_EDGE`.
 MAX_TRADES_SHOWN = 100
 TRADES_EDGE = 50
-FIGSIZE = (12.0, 7.0)  # inches
-DPI = 100
-
-
-# ---------------------------------------------------------------- plain JSON
-
-
-def plain(value: Any) -> Any:
-    """``value`` with only JSON types: numpy scalars and arrays unwrapped, tuples as lists,
-    mapping keys as text, NaN/inf as None, objects with ``to_json`` converted, anything
-    else as its text."""
-    if value is None or isinstance(value, bool | str | int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, np.generic):
-        return plain(value.item())
-    if isinstance(value, np.ndarray):
-        return plain(value.tolist())
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [plain(v) for v in value]
-    if hasattr(value, "to_json"):
-        return plain(value.to_json())
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
-
-
-def _period(result: BacktestResult) -> tuple[str | None, str | None]:
-    if len(result) == 0:
-        return None, None
-    start = str(iso_array([int(result.open_time[0])])[0])
-    end = str(iso_array([int(result.close_time[-1])])[0])
-    return start, end
-
-
-def summary(
-    result: BacktestResult,
-    *,
-    parity: Mapping[str, Any] | None = None,
-    lookahead: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Everything about the run as one plain-JSON object (camelCase keys): symbol,
-    timeframe, source, simulated, from/to (ISO, first open to last close), bars,
-    performance (with buyAndHold), skill, gaps and missingBars, fills (count), timings
-    (seconds), settings, and parity/lookahead when given."""
-    start, end = _period(result)
-    out: dict[str, Any] = {
-        "symbol": result.symbol,
-        "timeframe": result.timeframe,
-        "source": result.source,
-        "simulated": bool(result.simulated),
-        "from": start,
-        "to": end,
-        "bars": len(result),
-        "performance": performance(result).to_json(),
-        "skill": [s.to_json() for s in agent_skill(result)],
-        "gaps": [g.to_json() for g in result.gaps],
-        "missingBars": result.missing_bars,
-        "fills": len(result.fills),
-        "timings": dict(result.timings),
-        "settings": dict(result.settings),
-    }
-    if parity is not None:
-        out["parity"] = dict(parity)
-    if lookahead is not None:
-        out["lookahead"] = dict(lookahead)
-    result_json: dict[str, Any] = plain(out)
-    return result_json
-
-
-# ---------------------------------------------------------------- chart
-
-
-def minmax_indices(y: F64, max_points: int = MAX_PLOT_POINTS) -> npt.NDArray[np.int64]:
-    """Sorted indices of at most ~``max_points`` points of ``y`` that keep each bucket's
-    minimum and maximum (and the first and last point): all of them when ``y`` is short."""
-    n = int(y.size)
-    if n <= max_points:
-        return np.arange(n, dtype=np.int64)
-    k = -(-n // max(1, max_points // 2))  # bucket length
-    nb = -(-n // k)
-    padded = np.concatenate([y, np.full(nb * k - n, y[-1])]).reshape(nb, k)
-    base = np.arange(nb, dtype=np.int64) * k
-    lo = base + np.nanargmin(np.where(np.isnan(padded), np.inf, padded), axis=1)
-    hi = base + np.nanargmax(np.where(np.isnan(padded), -np.inf, padded), axis=1)
-    idx = np.concatenate([lo, hi, np.array([0, n - 1], dtype=np.int64)])
-    out: npt.NDArray[np.int64] = np.unique(np.minimum(idx, n - 1))
-    return out
-
-
-def _title(result: BacktestResult) -> str:
-    text = f"{result.symbol} · {result.timeframe} · {result.source}"
-    return text + " · SIMULATED" if result.simulated else text
-
-
-def plot_png(result: BacktestResult, path: str | Path) -> Path:
-    """Write the chart to ``path`` (PNG, 1200 x 700 px): equity of the strategy and of
-    buy-and-hold above, their drawdowns (%) below, sharing the date axis; gaps shaded.
-    Lines are downsampled to about `MAX_PLOT_POINTS` points (min and max per bucket)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.dates as mdates
-    from matplotlib.figure import Figure
-
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
-    ax_eq, ax_dd = fig.subplots(2, 1, sharex=True, height_ratios=(3.0, 1.3))
-    fig.suptitle(_title(result), fontsize=13)
-
-    n = len(result)
-    if n:
-        times = np.asarray(result.open_time, dtype=np.int64).astype("datetime64[ms]")
-        x = mdates.date2num(times)  # type: ignore[no-untyped-call]
-        equity = np.asarray(result.equity, dtype=np.float64)
-        bh = buy_and_hold_equity(result)
-        start = result.starting_balance
-        lines = (
-            (ax_eq, equity, "strategy", "#1f5fa8"),
-            (ax_eq, bh, "buy & hold", "#9a9a9a"),
-            (ax_dd, -100.0 * drawdown(equity, start), "strategy", "#1f5fa8"),
-            (ax_dd, -100.0 * drawdown(bh, start), "buy & hold", "#9a9a9a"),
-        )
-        for ax, y, label, color in lines:
-            i = minmax_indices(y)
-            width = 1.2 if label == "strategy" else 1.0
-            ax.plot(x[i], y[i], label=label, color=color, linewidth=width)
-            if ax is ax_dd:
-                ax.fill_between(x[i], y[i], 0.0, color=color, alpha=0.15, linewidth=0)
-        ax_eq.axhline(start, color="#444444", linewidth=0.6, linestyle=":")
-        if result.gaps:
-            t0 = np.array([g.after_open_ms for g in result.gaps], dtype=np.int64)
-            t1 = np.array([g.before_open_ms for g in result.gaps], dtype=np.int64)
-            g0 = mdates.date2num(t0.astype("datetime64[ms]"))  # type: ignore[no-untyped-call]
-            g1 = mdates.date2num(t1.astype("datetime64[ms]"))  # type: ignore[no-untyped-call]
-            # at least 0.2% of the axis wide, so that a short gap in a long run shows
-            width = np.maximum(g1 - g0, 0.002 * float(x[-1] - x[0]))
-            spans = list(zip(g0.tolist(), width.tolist(), strict=True))
-            for k, ax in enumerate((ax_eq, ax_dd)):
-                ax.broken_barh(
-                    spans,
-                    (0.0, 1.0),
-                    transform=ax.get_xaxis_transform(),
-                    color="#e07b39",
-                    alpha=0.25,
-                    label="gap" if k == 0 else None,
-                )
-        locator = mdates.AutoDateLocator()  # type: ignore[no-untyped-call]
-        ax_dd.xaxis.set_major_locator(locator)
-        ax_dd.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
-    ax_eq.set_ylabel("equity (quote)")
-    ax_dd.set_ylabel("drawdown (%)")
-    ax_eq.grid(True, alpha=0.3)
-    ax_dd.grid(True, alpha=0.3)
-    if n:
-        ax_eq.legend(loc="upper left", frameon=False)
-    fig.savefig(p, format="png", dpi=DPI)
-    return p
-
-
-# ---------------------------------------------------------------- HTML
 
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; color: #222; margin: 2em auto;
@@ -390,7 +213,7 @@ def write_html(
     image = base64.b64encode(png.read_bytes()).decode("ascii")
     perf = performance(result)
     skills = agent_skill(result)
-    start, end = _period(result)
+    start, end = period_iso(result)
     years = period_years(result)
 
     sim = ' <span class="sim">SIMULATED</span>' if result.simulated else ""
@@ -407,7 +230,7 @@ def write_html(
         "<h2>Performance</h2>",
         _performance_html(perf),
         "<h2>Equity and drawdown</h2>",
-        f'<img alt="{_e(_title(result))}: equity and drawdown" '
+        f'<img alt="{_e(chart_title(result))}: equity and drawdown" '
         f'src="data:image/png;base64,{image}">',
         "<h2>Agent skill</h2>",
         _skill_html(skills),

@@ -135,7 +135,7 @@ class BacktestResult:
     slippage: float
     settings: Mapping[str, Any] = field(default_factory=dict)
     timings: Mapping[str, float] = field(default_factory=dict)
-    #: the engine's `conclave.backtest.engine.AccountTrace` (halts, pauses: for parity)
+    #: the account's `conclave.backtest.account_loop.AccountTrace` (halts, pauses: for parity)
     trace: Any = None
 
     def __len__(self) -> int:

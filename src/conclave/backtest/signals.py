@@ -1,0 +1,170 @@
+"""The signals over the whole history, vectorized: every agent's series, then the decision.
+
+1. **Agents.** Every analysis agent's `Agent.series` runs ONCE over the whole history (the
+   same classes and parameters the live pipeline runs; their per-bar values depend only on a
+   bounded trailing window, so the value at bar t is what the live step computes at t).
+2. **The decision.** `conclave.pipeline.decision.decide`'s formula over arrays: which agents
+   are usable at each bar (the live step would be ok), conviction, confidence, action and
+   strength before the risk manager's verdict (which `account_loop` gives bar by bar).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from conclave.agents import Agent
+from conclave.backtest.history import History
+from conclave.backtest.result import BUY, F64, HOLD, NONE, SELL, AgentSeries, B
+from conclave.backtest.settings import Progress
+from conclave.market.resample import closed_index_at
+from conclave.market.validation import stale_before
+from conclave.pipeline.decision import (
+    ANALYSIS_AGENTS,
+    DIRECTIONAL_AGENTS,
+    RISK_AGENT,
+    SIZING_AGENT,
+    DecisionConfig,
+)
+from conclave.timeframes import Timeframe
+
+# -- phase 1: the agents -------------------------------------------------------------------
+
+
+def fresh_mask(history: History) -> B:
+    """Bars at whose close the live gateway would find every timeframe fresh.
+
+    The bar itself is always the newest base bar; a higher timeframe is stale when its
+    newest closed bar opened more than 2 bars + 5 min before (`validation.check_fresh`), as
+    at the start of a history, or after a gap. There the live run has no signal at all.
+    """
+    close = history.candles.close_time
+    ok = np.ones(len(close), dtype=bool)
+    for name, hc in history.higher.items():
+        htf = Timeframe.parse(name)
+        if len(hc) == 0:
+            return np.zeros(len(close), dtype=bool)
+        idx = closed_index_at(hc, close)
+        newest = np.where(idx >= 0, hc.open_time[np.maximum(idx, 0)], np.iinfo(np.int64).min)
+        ok &= (idx >= 0) & (newest >= stale_before(htf, close))
+    return ok
+
+
+def agent_series(
+    history: History,
+    agents: Mapping[str, Agent],
+    progress: Progress | None = None,
+    *,
+    fresh: B | None = None,
+) -> dict[str, AgentSeries]:
+    """Every analysis agent's series over the whole history, with where it is usable.
+
+    An agent is usable at a bar when its window is long enough (``min_bars``), its series
+    succeeded, and the data is fresh there (`fresh_mask`; else the live run fails every
+    step with ``stale_data``); pass ``fresh`` when it is already known.
+    """
+    n = len(history.candles)
+    idx = np.arange(n)
+    if fresh is None:
+        fresh = fresh_mask(history)
+    out: dict[str, AgentSeries] = {}
+    names = [a for a in agents if a != RISK_AGENT]
+    for k, name in enumerate(names):
+        agent = agents[name]
+        t0 = time.perf_counter()
+        res = agent.series(history.input_for(agent))
+        took = time.perf_counter() - t0
+        need = agent.min_bars(history.timeframe)
+        usable = (idx + 1 >= need) & fresh if res.status == "ok" else np.zeros(n, dtype=bool)
+        if name == SIZING_AGENT:
+            mult = res.columns.get("size_multiplier")
+            if mult is None:
+                usable = np.zeros(n, dtype=bool)
+            else:
+                usable = usable & np.isfinite(mult) & (mult >= 0.0) & (mult <= 1.0)
+        score = np.where(usable, res.score, 0.0)
+        conf = np.where(usable, res.confidence, 0.0)
+        out[name] = AgentSeries(
+            name, score, conf, usable, res.status, res.reason, need, took,
+            columns={k_: np.asarray(v) for k_, v in res.columns.items()},
+        )  # fmt: skip
+        if progress is not None:
+            progress("agents", k + 1, len(names))
+    return out
+
+
+# -- phase 2: the decision before the risk verdict -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PreDecision:
+    """`decide`'s arithmetic at every bar before the risk manager's verdict.
+
+    ``made`` is false where no decision is made (quorum not met, or no directional weight).
+    ``action`` holds BUY/SELL/HOLD codes where made, NONE elsewhere.
+    """
+
+    made: B
+    conviction: F64
+    confidence: F64
+    action: npt.NDArray[np.int8]
+    strength: F64
+    vol_mult: F64
+
+
+def pre_decide(series: Mapping[str, AgentSeries], config: DecisionConfig, n: int) -> PreDecision:
+    """The decision's formula over arrays (`conclave.pipeline.decision` module docstring)."""
+    zeros = np.zeros(n)
+    never = np.zeros(n, dtype=bool)
+    healthy = np.zeros(n, dtype=np.int64)
+    for a in ANALYSIS_AGENTS:
+        s = series.get(a)
+        healthy += s.usable if s is not None else never
+    total_w = zeros.copy()
+    for a in DIRECTIONAL_AGENTS:
+        s = series.get(a)
+        if s is not None:
+            total_w += np.where(s.usable, config.weight(a), 0.0)
+    made = (healthy >= config.quorum) & (total_w > 0)
+    safe_w = np.where(total_w > 0, total_w, 1.0)
+    parts: list[F64] = []
+    wconf = zeros.copy()
+    for a in DIRECTIONAL_AGENTS:
+        s = series.get(a)
+        if s is None:
+            continue
+        w = config.weight(a)
+        parts.append(np.where(s.usable, w * (s.confidence / 100.0) * s.score / safe_w, 0.0))
+        wconf += np.where(s.usable, w * s.confidence, 0.0)
+    stack = np.stack(parts) if parts else np.zeros((1, n))
+    conviction = stack.sum(axis=0)
+    spread = np.abs(stack).sum(axis=0)
+    mean_conf = wconf / safe_w
+    agreement = np.where(spread > 0, np.abs(conviction) / np.where(spread > 0, spread, 1.0), 0.0)
+    confidence = np.minimum(100.0, mean_conf * agreement)
+    action = np.full(n, HOLD, dtype=np.int8)
+    action[conviction >= config.buy_threshold] = BUY
+    action[conviction <= -config.sell_threshold] = SELL
+    strength = np.where(
+        action != HOLD, np.minimum(1.0, np.abs(conviction) / config.strong_threshold), 0.0
+    )
+    vol = series.get(SIZING_AGENT)
+    if vol is not None and "size_multiplier" in vol.columns:
+        vol_mult = np.where(vol.usable, vol.columns["size_multiplier"],
+                            config.volatility_fallback)  # fmt: skip
+    else:
+        vol_mult = np.full(n, config.volatility_fallback)
+    action[~made] = NONE
+    nan = np.full(n, np.nan)
+    return PreDecision(
+        made,
+        np.where(made, conviction, nan),
+        np.where(made, confidence, nan),
+        action,
+        np.where(made, strength, 0.0),
+        vol_mult,
+    )
