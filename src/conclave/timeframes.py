@@ -3,12 +3,14 @@
 Names are case-sensitive, as on Binance: ``1m`` is a minute, ``1M`` a month. All times are
 integer milliseconds since the Unix epoch, UTC. Buckets are aligned as Binance aligns them:
 to the epoch for minutes, hours and days, to Monday 00:00 UTC for weeks, and to the first of
-the month for months.
+the month for months. `iso_ms` writes a time as ISO 8601 text, as on the wire.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final
 
 import numpy as np
@@ -134,3 +136,10 @@ class Timeframe:
 def parse_timeframe(value: str | Timeframe) -> Timeframe:
     """Parse a timeframe name; see `Timeframe.parse`."""
     return Timeframe.parse(value)
+
+
+@lru_cache(maxsize=4096)  # pure, and the same bar times recur from run to run
+def iso_ms(t_ms: int) -> str:
+    """ISO 8601 UTC text with milliseconds, e.g. ``2025-12-06T10:30:00.000Z``."""
+    y, mo, d, h, mi, s = time.gmtime(t_ms // 1000)[:6]
+    return f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}.{t_ms % 1000:03d}Z"

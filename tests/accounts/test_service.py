@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import text
 
 from conclave.accounts import AccountService, StoreAccountReader, UnknownAccountError
-from conclave.agents.base import AgentInput
+from conclave.agents import AgentInput
 from conclave.agents.risk_manager import RiskManager
 from conclave.market.candles import Candles
 from tests.accounts.conftest import T0, H, bar, new_account, run

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from conclave.agents.base import AgentInput
+from conclave.agents import AgentInput
 from conclave.market.candles import Candles
 from conclave.market.sources.file_formats import read_candles
 from conclave.market.sources.files import parse_file_name

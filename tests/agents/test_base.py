@@ -8,9 +8,9 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from conclave.agents import REGISTRY
-from conclave.agents.base import Agent, AgentInput, AgentParams, Needs, SeriesOutput, iso_ms
+from conclave.agents import REGISTRY, Agent, AgentInput, AgentParams, Needs, SeriesOutput
 from conclave.errors import AgentConfigError, AgentError, AgentOutputError, SkipStepError
+from conclave.timeframes import iso_ms
 from tests.agents.helpers import make_input, random_candles
 
 NOW = "2025-01-01T00:00:00.000Z"

@@ -7,8 +7,7 @@ from functools import cache
 import numpy as np
 import pytest
 
-from conclave.agents import REGISTRY
-from conclave.agents.base import AccountState
+from conclave.agents import REGISTRY, AccountState
 from conclave.market.candles import Candles
 from tests.agents.helpers import F64, T0, candles_from_close, make_input, path
 
@@ -258,7 +257,7 @@ def test_multi_timeframe_alignment_uses_closed_higher_bars_only() -> None:
     assert res.payload["trends"]["1d"] == 1.0
     last_open = T0 + H * (n - 1)
     day_open = last_open // (24 * H) * (24 * H)
-    from conclave.agents.base import iso_ms
+    from conclave.timeframes import iso_ms
 
     assert res.payload["last_closed_open"]["1d"] == iso_ms(day_open - 24 * H)
     down = run("multi-timeframe", candles_from_close(zigzag(n, -0.0008)))

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conclave.agents import REGISTRY, Agent
-from conclave.agents.base import AccountState, Headline, SeriesOutput
+from conclave.agents import REGISTRY, AccountState, Agent, SeriesOutput
 from conclave.market.candles import Candles
+from conclave.news.headline import Headline
 from tests.agents.helpers import T0, load, make_input, random_candles
 
 AGENTS = list(REGISTRY)

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from conclave.agents import chart_patterns as cp
+from conclave.agents import chart_swings as cp
 from conclave.agents import indicators as ind
 from conclave.agents import scoring as sc
 

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from conclave.agents import REGISTRY
-from conclave.agents.base import Headline
-from conclave.agents.news_sentiment import base_asset
 from conclave.errors import ConfigurationError
+from conclave.news.headline import Headline, base_asset
 from conclave.news.sentiment import CryptoSentiment, headline_polarity, load_lexicon
 from conclave.news.sources import FileNewsSource, parse_time_ms
 from tests.agents.helpers import candles_from_close, make_input

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from conclave.agents.base import AccountRisk
+from conclave.agents import AccountRisk
 
 
 class AccountConfig(BaseModel):

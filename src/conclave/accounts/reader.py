@@ -16,7 +16,7 @@ import numpy as np
 from conclave.accounts.config import AccountConfig
 from conclave.accounts.risk import Protections, start_of_day
 from conclave.accounts.service import AccountService
-from conclave.agents.base import AccountState
+from conclave.agents import AccountState
 
 
 class StoreAccountReader:

@@ -1,8 +1,9 @@
-"""The agent contract: declarations, typed parameters, inputs, outputs and the base class.
+"""The agent base class: an agent declares, implements `Agent.compute`; the base runs it.
 
-An agent declares its name, version, description, what it `Needs` and its frozen `Params`,
-and implements one pure method, `Agent.compute`, vectorized over the candle window: a score
-in [-1, 1] and a confidence in [0, 100] for every bar, plus the evidence for the last bar.
+An agent declares its name, version, description, what it `Needs` and its frozen `Params`
+(`conclave.agents.params`), and implements one pure method, `Agent.compute`, vectorized over
+the candle window (`conclave.agents.inputs`): a score in [-1, 1] and a confidence in
+[0, 100] for every bar, plus the evidence for the last bar (`conclave.agents.outputs`).
 The base class owns the rest (the framework owns the lifecycle): `Agent.run` checks the
 window is long enough (too short gives status ``insufficient_data``, never an exception),
 calls `compute`, validates the output, times the call and wraps any exception in an
@@ -17,239 +18,26 @@ whose rounding does not depend on where the array starts, so the live result on 
 
 from __future__ import annotations
 
-import difflib
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar
 
 import numpy as np
-import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, ValidationError
 
-from conclave.agents.plain import check_plain, wire_answer
+from conclave.agents.inputs import AgentInput, Needs
+from conclave.agents.outputs import AgentResult, SeriesOutput
+from conclave.agents.params import AgentParams
+from conclave.agents.plain import check_plain
 from conclave.errors import (
     AgentConfigError,
     AgentError,
     AgentOutputError,
     InsufficientDataError,
 )
-from conclave.market.candles import Candles
-from conclave.timeframes import BINANCE_INTERVALS, Timeframe
-
-F64 = npt.NDArray[np.float64]
-I64 = npt.NDArray[np.int64]
-Status = Literal["ok", "insufficient_data", "stale_data", "error"]
-
-
-@lru_cache(maxsize=4096)  # pure, and the same bar times recur from run to run
-def iso_ms(t_ms: int) -> str:
-    """ISO 8601 UTC text with milliseconds, e.g. ``2025-12-06T10:30:00.000Z``."""
-    y, mo, d, h, mi, s = time.gmtime(t_ms // 1000)[:6]
-    return f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}.{t_ms % 1000:03d}Z"
-
-
-class AgentParams(BaseModel):
-    """Typed, frozen agent parameters; unknown keys are errors. Build with `from_mapping`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None = None) -> Self:
-        """Validate ``values``; raise `AgentConfigError` naming the key (and the nearest name)."""
-        values = dict(values or {})
-        known = list(cls.model_fields)
-        for key in values:
-            if key not in cls.model_fields:
-                near = difflib.get_close_matches(key, known, n=1)
-                hint = f"; did you mean {near[0]!r}?" if near else f"; known: {', '.join(known)}"
-                raise AgentConfigError(f"unknown parameter {key!r} for {cls.__name__}{hint}")
-        try:
-            return cls.model_validate(values)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise AgentConfigError(
-                f"invalid parameter {where!r} for {cls.__name__}: {first['msg']}"
-            ) from exc
-
-
-@dataclass(frozen=True, slots=True)
-class Needs:
-    """What an agent needs: bars, higher timeframes (multiples of the run's), news, account.
-
-    ``min_bars`` is the trailing window every per-bar value depends on (fewer bars give
-    ``insufficient_data``); ``lookback`` is how many bars the caller should fetch (at least
-    ``min_bars``). ``higher`` lists multiples of the run's timeframe, mapped by
-    `higher_timeframes` to the nearest exchange interval the run's timeframe tiles.
-    ``higher_in_lookback`` declares that the higher bars read all lie within the time span
-    of the ``lookback`` window (as when they are resampled from it), so a caller may send
-    only those (`conclave.pipeline.context.InputPlan`); False (default): send them whole.
-    """
-
-    min_bars: int
-    lookback: int
-    higher: tuple[int, ...] = ()
-    news: bool = False
-    account: bool = False
-    higher_in_lookback: bool = False
-
-    def higher_timeframes(self, timeframe: Timeframe | str) -> tuple[str, ...]:
-        """Concrete higher timeframes for a run on ``timeframe`` (1h with (4, 24): 4h, 1d)."""
-        return _higher_timeframes(self.higher, str(timeframe))
-
-
-@lru_cache(maxsize=256)
-def _higher_timeframes(multiples: tuple[int, ...], timeframe: str) -> tuple[str, ...]:
-    base = Timeframe.parse(timeframe)
-    out: list[str] = []
-    for mult in multiples:
-        for name in BINANCE_INTERVALS:
-            cand = Timeframe.parse(name)
-            if cand.ms >= mult * base.ms and base.divides(cand) and name not in out:
-                out.append(name)
-                break
-    return tuple(out)
-
-
-@dataclass(frozen=True, slots=True)
-class Headline:
-    """One news headline; ``published_ms`` is when it became public (ms UTC).
-
-    ``assets`` lists the base assets it is about (``("BTC",)``); empty means the agent
-    decides from the title.
-    """
-
-    published_ms: int
-    title: str
-    source: str = ""
-    url: str = ""
-    assets: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class AccountRisk:
-    """An account's own risk levels, overriding the risk-manager agent's parameters.
-
-    Limits are fractions (warn, reduce, halt) as in `RiskManagerParams`; a non-empty
-    ``blocked_reason`` (account paused or halted, streak guard) makes the level ``halt``.
-    """
-
-    drawdown_limits: tuple[float, float, float]
-    daily_loss_limits: tuple[float, float, float]
-    max_exposure: float
-    warn_multiplier: float
-    reduce_multiplier: float
-    blocked_reason: str = ""
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class AccountState:
-    """An account's state as of a run: equity history, open exposure, and whether it was read.
-
-    ``equity_time_ms``/``equity`` are the equity curve (quote currency, ascending times).
-    ``start_of_day_equity`` overrides the equity at 00:00 UTC of the last point's day.
-    ``readable`` is false when the account is named but its state could not be read;
-    ``error`` then says why. ``account_id`` None means no account was named. ``risk``,
-    when given, carries the account's own risk levels (else the agent's parameters apply).
-    """
-
-    account_id: str | None
-    equity_time_ms: I64 = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    equity: F64 = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
-    open_exposure: float = 0.0
-    start_of_day_equity: float | None = None
-    readable: bool = True
-    error: str = ""
-    risk: AccountRisk | None = None
-
-    @classmethod
-    def fresh(cls) -> AccountState:
-        """No account named: assessed as a fresh account with no drawdown."""
-        return cls(account_id=None)
-
-    @classmethod
-    def unreadable(cls, account_id: str, error: str) -> AccountState:
-        """A named account whose state could not be read (not tradable)."""
-        return cls(account_id=account_id, readable=False, error=error)
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class AgentInput:
-    """Everything an agent sees: closed candles of the run's timeframe and its extras.
-
-    ``candles`` holds closed bars only; ``higher`` maps timeframe names to closed higher
-    bars (agents that need them resample ``candles`` when absent). ``news`` None means no
-    news source is configured; ``account`` None means no account was named.
-    """
-
-    symbol: str
-    timeframe: str
-    as_of_ms: int
-    candles: Candles
-    higher: Mapping[str, Candles] = field(default_factory=dict)
-    news: Sequence[Headline] | None = None
-    account: AccountState | None = None
-
-    def window(self, stop: int, length: int) -> AgentInput:
-        """The same input cut to the ``length`` bars ending before index ``stop``."""
-        start = max(0, stop - length)
-        whole = stop >= len(self.candles) or stop <= 0
-        return AgentInput(
-            self.symbol,
-            self.timeframe,
-            self.as_of_ms if whole else int(self.candles.close_time[stop - 1]),
-            self.candles.take(slice(start, stop)),
-            self.higher,
-            self.news,
-            self.account,
-        )
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class SeriesOutput:
-    """Per-bar score (-1..1) and confidence (0..100), same length as the candles.
-
-    ``evidence`` describes the last bar in plain JSON types. ``status``/``reason`` let an
-    agent say why it has no view (news-sentiment without a source: confidence 0 and why).
-    ``columns`` holds per-bar numbers the decision reads from the evidence (each the same
-    length as ``score``; volatility-regime: ``size_multiplier``), so the backtester has
-    every bar's value, not only the last one's.
-    """
-
-    score: F64
-    confidence: F64
-    evidence: dict[str, Any]
-    status: Status = "ok"
-    reason: str = ""
-    columns: Mapping[str, F64] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class AgentResult:
-    """One agent's answer for the last bar, in the shape of the wire contract."""
-
-    score: float
-    confidence: float
-    payload: dict[str, Any]
-    agent: str
-    version: str
-    duration_ms: float
-    timestamp: str
-    as_of: str | None
-    status: Status = "ok"
-    reason: str = ""
-
-    def to_wire(self) -> dict[str, Any]:
-        """``{"score", "confidence", "payload", "meta": {...}}`` exactly as on the wire."""
-        return wire_answer(
-            self.score, self.confidence, self.payload,
-            agent=self.agent, version=self.version, duration_ms=self.duration_ms,
-            timestamp=self.timestamp, as_of=self.as_of, status=self.status, reason=self.reason,
-        )  # fmt: skip
+from conclave.timeframes import iso_ms
 
 
 @lru_cache(maxsize=256)

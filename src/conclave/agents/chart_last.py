@@ -17,7 +17,8 @@ import numpy as np
 import numpy.typing as npt
 
 from conclave.agents import indicators as ind
-from conclave.agents.chart_patterns import Settings, between
+from conclave.agents.chart_patterns import Settings
+from conclave.agents.chart_swings import between
 
 F64 = npt.NDArray[np.float64]
 

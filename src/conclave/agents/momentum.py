@@ -24,7 +24,10 @@ import numpy as np
 from pydantic import Field
 
 from conclave.agents import indicators as ind
-from conclave.agents.base import Agent, AgentInput, AgentParams, Needs, SeriesOutput
+from conclave.agents.base import Agent
+from conclave.agents.inputs import AgentInput, Needs
+from conclave.agents.outputs import SeriesOutput
+from conclave.agents.params import AgentParams
 from conclave.agents.scoring import (
     blend,
     blend1,

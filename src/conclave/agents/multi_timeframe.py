@@ -25,21 +25,15 @@ import numpy as np
 from pydantic import Field
 
 from conclave.agents import indicators as ind
-from conclave.agents.base import (
-    F64,
-    I64,
-    Agent,
-    AgentInput,
-    AgentParams,
-    Needs,
-    SeriesOutput,
-    iso_ms,
-)
+from conclave.agents.base import Agent
+from conclave.agents.inputs import F64, I64, AgentInput, Needs
+from conclave.agents.outputs import SeriesOutput
+from conclave.agents.params import AgentParams
 from conclave.agents.scoring import finish, finish1, fnum, sgn1, sign_band, sign_band1
 from conclave.errors import InsufficientDataError
 from conclave.market.candles import Candles
 from conclave.market.resample import resample
-from conclave.timeframes import Timeframe
+from conclave.timeframes import Timeframe, iso_ms
 
 
 class MultiTimeframeParams(AgentParams):

@@ -21,19 +21,15 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field
 
-from conclave.agents.base import (
-    Agent,
-    AgentInput,
-    AgentParams,
-    Headline,
-    Needs,
-    SeriesOutput,
-    iso_ms,
-)
+from conclave.agents.base import Agent
+from conclave.agents.inputs import AgentInput, Needs
+from conclave.agents.outputs import SeriesOutput
+from conclave.agents.params import AgentParams
+from conclave.news.headline import Headline, base_asset
 from conclave.news.sentiment import headline_polarity
+from conclave.timeframes import iso_ms
 
 HOUR_MS = 3_600_000
-_QUOTES = ("USDT", "BUSD", "USDC", "FDUSD", "TUSD", "USD", "EUR", "GBP", "BTC", "ETH", "BNB")
 NAMES: dict[str, tuple[str, ...]] = {
     "BTC": ("bitcoin", "btc"),
     "ETH": ("ethereum", "ether", "eth"),
@@ -44,15 +40,6 @@ NAMES: dict[str, tuple[str, ...]] = {
     "LINK": ("chainlink", "link"),
 }
 GENERAL = ("crypto", "cryptocurrency", "cryptocurrencies", "blockchain", "stablecoin", "defi")
-
-
-def base_asset(symbol: str) -> str:
-    """The base asset of a pair symbol: ``BTCUSDT`` -> ``BTC`` (``-PERP`` suffixes dropped)."""
-    s = symbol.upper().split("-")[0].replace("/", "").replace("_", "")
-    for q in _QUOTES:
-        if s.endswith(q) and len(s) > len(q):
-            return s[: -len(q)]
-    return s
 
 
 class NewsSentimentParams(AgentParams):

@@ -26,7 +26,10 @@ import numpy as np
 from pydantic import Field
 
 from conclave.agents import indicators as ind
-from conclave.agents.base import F64, Agent, AgentInput, AgentParams, Needs, SeriesOutput
+from conclave.agents.base import Agent
+from conclave.agents.inputs import F64, AgentInput, Needs
+from conclave.agents.outputs import SeriesOutput
+from conclave.agents.params import AgentParams
 from conclave.agents.scoring import (
     blend,
     blend1,

@@ -27,17 +27,13 @@ from pydantic import Field
 from conclave.agents import chart_last as cl
 from conclave.agents import chart_patterns as cp
 from conclave.agents import indicators as ind
-from conclave.agents.base import (
-    F64,
-    Agent,
-    AgentInput,
-    AgentParams,
-    Needs,
-    SeriesOutput,
-    iso_ms,
-)
+from conclave.agents.base import Agent
+from conclave.agents.inputs import F64, AgentInput, Needs
+from conclave.agents.outputs import SeriesOutput
+from conclave.agents.params import AgentParams
 from conclave.agents.scoring import finish, finish1, fnum
 from conclave.market.candles import Candles
+from conclave.timeframes import iso_ms
 
 #: TA-Lib candlestick functions used, with the name reported.
 CANDLES: dict[str, str] = {

@@ -24,14 +24,10 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field, model_validator
 
-from conclave.agents.base import (
-    AccountState,
-    Agent,
-    AgentInput,
-    AgentParams,
-    Needs,
-    SeriesOutput,
-)
+from conclave.agents.base import Agent
+from conclave.agents.inputs import AccountState, AgentInput, Needs
+from conclave.agents.outputs import SeriesOutput
+from conclave.agents.params import AgentParams
 from conclave.agents.scoring import fnum
 from conclave.timeframes import DAY_MS
 

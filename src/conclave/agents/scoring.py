@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from conclave.agents.base import iso_ms
 from conclave.market.candles import Candles
+from conclave.timeframes import iso_ms
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]

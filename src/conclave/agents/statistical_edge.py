@@ -22,7 +22,10 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from conclave.agents import indicators as ind
-from conclave.agents.base import Agent, AgentInput, AgentParams, Needs, SeriesOutput
+from conclave.agents.base import Agent
+from conclave.agents.inputs import AgentInput, Needs
+from conclave.agents.outputs import SeriesOutput
+from conclave.agents.params import AgentParams
 from conclave.agents.scoring import finish, finish1, fnum
 
 

@@ -1,1 +1,1 @@
-"""News: headline sources and the sentiment scorer used by the news-sentiment agent."""
+"""News: headlines, their sources and the sentiment scorer used by the news-sentiment agent."""

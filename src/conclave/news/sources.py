@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 import httpx2
 
-from conclave.agents.base import Headline
 from conclave.errors import ConfigurationError, InvalidRequestError, NewsUnavailableError
+from conclave.news.headline import Headline
 
 _TIME_KEYS = ("published_ms", "published", "timestamp", "datetime", "date")
 _TITLE_KEYS = ("title", "headline")

@@ -18,10 +18,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from conclave.agents.base import AccountState, Agent, AgentInput, AgentResult, Headline
+from conclave.agents import AccountState, Agent, AgentInput, AgentResult
 from conclave.agents.plain import wire_answer
 from conclave.market.candles import Candles
 from conclave.market.gateway import MarketSnapshot
+from conclave.news.headline import Headline
 from conclave.timeframes import Timeframe
 
 StepStatus = Literal["ok", "insufficient_data", "stale_data", "error", "timeout"]

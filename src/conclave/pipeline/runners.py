@@ -32,7 +32,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from conclave.agents.base import Agent, AgentInput
+from conclave.agents import Agent, AgentInput
 from conclave.errors import AgentOutputError, ConclaveError
 from conclave.pipeline.context import StepResult
 

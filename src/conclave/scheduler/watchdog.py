@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from conclave.agents.base import iso_ms
 from conclave.scheduler.claims import SlotClaims
 from conclave.scheduler.jobs import Job
+from conclave.timeframes import iso_ms
 
 
 @dataclass(frozen=True, slots=True)
