@@ -25,8 +25,8 @@ from starlette.responses import Response
 
 from conclave.accounts.config import AccountConfig
 from conclave.accounts.service import AccountService
+from conclave.pipeline.wire import ACCOUNT_ID_PATTERN
 from conclave.services.http_common import ApiError, json_response, read_json
-from conclave.services.wire import ACCOUNT_ID_PATTERN
 
 router = APIRouter(tags=["accounts"])
 _ID = Annotated[str, Path(pattern=ACCOUNT_ID_PATTERN.pattern, description="The account's id.")]

@@ -24,15 +24,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 from starlette.responses import Response
 
-from conclave.agents.base import iso_ms
+from conclave.pipeline.wire import ACCOUNT_ID_PATTERN
 from conclave.scheduler.claims import JobTable, SlotClaims
-from conclave.scheduler.execute import claims_of, settings_jobs
 from conclave.scheduler.jobs import Job
 from conclave.scheduler.watchdog import Watchdog, WatchedJob
+from conclave.services.execute import claims_of, settings_jobs
 from conclave.services.http_common import ApiError, json_response, read_json
 from conclave.services.runtime import Runtime
-from conclave.services.wire import ACCOUNT_ID_PATTERN
 from conclave.settings import SYMBOL_PATTERN, Settings
+from conclave.timeframes import iso_ms
 
 log = structlog.get_logger(__name__)
 

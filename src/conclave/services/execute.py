@@ -1,4 +1,4 @@
-"""Wiring: execute a slot through the `Runtime` exactly like the API, and build a `Scheduler`.
+"""The scheduler wired to the runtime: execute a slot exactly like the API, build a `Scheduler`.
 
 `PipelineExecutor` runs the job's pipeline as of the slot's close (never later, so the
 open bar is never read, H4), within the run deadline, with the agents in process or over
@@ -19,7 +19,6 @@ from typing import Any
 import structlog
 
 from conclave.accounts.hook import process_for_account
-from conclave.agents.base import iso_ms
 from conclave.pipeline import Pipeline, PipelineRun
 from conclave.scheduler.claims import JobTable, SlotClaims
 from conclave.scheduler.jobs import Job, Slot
@@ -27,6 +26,7 @@ from conclave.scheduler.runner import RunResult, Scheduler
 from conclave.scheduler.watchdog import Watchdog, WatchedJob
 from conclave.services.runtime import Runtime
 from conclave.settings import SchedulerSettings, Settings
+from conclave.timeframes import iso_ms
 
 log = structlog.get_logger(__name__)
 

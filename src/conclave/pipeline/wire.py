@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from conclave.agents.base import AccountRisk, AccountState, AgentInput, Headline
+from conclave.agents import AccountRisk, AccountState, AgentInput
 from conclave.errors import InvalidRequestError, InvalidTimeframeError
 from conclave.market.candles import Candles
+from conclave.news.headline import Headline
 from conclave.settings import SYMBOL_PATTERN
 from conclave.timeframes import Timeframe
 

@@ -1,0 +1,1 @@
+"""Conclave: nine analysis agents, one honest decision (layers: see ``[tool.importlinter]``)."""
