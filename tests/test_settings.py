@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from conclave.agents import REGISTRY
 from conclave.errors import ConfigurationError
 from conclave.settings import load_settings
 
@@ -113,12 +114,10 @@ def test_settings_are_frozen() -> None:
 
 def test_agent_ports_follow_the_registry_order() -> None:
     """Ports 5001 to 5009 in the architecture table's order, the registry's order."""
-    from conclave.agents import REGISTRY
-
-    s = load_settings()
-    assert list(s.agents.ports) == list(REGISTRY)
-    assert list(s.agents.ports.values()) == list(range(5001, 5010))
-    assert s.agent_url("momentum") == "http://127.0.0.1:5003"
+    s = load_settings(registry=REGISTRY)
+    assert list(REGISTRY.ports) == list(REGISTRY)
+    assert [s.agent_port(n, REGISTRY) for n in REGISTRY] == list(range(5001, 5010))
+    assert s.agent_url("momentum", REGISTRY) == "http://127.0.0.1:5003"
     assert s.api.port == 4000
 
 
@@ -129,11 +128,11 @@ def test_agent_urls_and_modes_per_agent(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("CONCLAVE_AGENTS__URLS", '{"risk-manager": "http://risk:9000/"}')
     monkeypatch.setenv("CONCLAVE_AGENTS__HTTP", '{"momentum": true}')
     monkeypatch.setenv("CONCLAVE_AGENTS__PORTS", '{"order-flow": 6002}')
-    s = load_settings()
-    assert s.agents.ports["order-flow"] == 6002
-    assert s.agents.ports["momentum"] == 5003
-    assert s.agent_url("risk-manager") == "http://risk:9000"
-    assert s.agent_url("order-flow") == "http://agents.internal:6002"
+    s = load_settings(registry=REGISTRY)
+    assert s.agent_port("order-flow", REGISTRY) == 6002
+    assert s.agent_port("momentum", REGISTRY) == 5003
+    assert s.agent_url("risk-manager", REGISTRY) == "http://risk:9000"
+    assert s.agent_url("order-flow", REGISTRY) == "http://agents.internal:6002"
     assert s.agent_uses_http("momentum") is True
     assert s.agent_uses_http("order-flow") is False
     assert s.agent_uses_http("momentum", request_override=False) is False
@@ -143,4 +142,4 @@ def test_unknown_agent_name_in_a_map_is_refused(monkeypatch: pytest.MonkeyPatch)
     """A typo in an agent name fails at start-up with a suggestion."""
     monkeypatch.setenv("CONCLAVE_AGENTS__PORTS", '{"momentun": 5003}')
     with pytest.raises(ConfigurationError, match="did you mean momentum"):
-        load_settings()
+        load_settings(registry=REGISTRY)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from dotenv import dotenv_values
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -98,25 +99,28 @@ class MarketSettings(_Section):
         return value
 
 
-#: The nine agents in the architecture table's order; service ports follow it from 5001.
-AGENT_NAMES = (
-    "market-structure", "order-flow", "momentum", "volatility-regime", "news-sentiment",
-    "multi-timeframe", "pattern-recognition", "statistical-edge", "risk-manager",
-)  # fmt: skip
+class AgentCatalog(Protocol):
+    """What settings need to know of the agents (`conclave.agents.Registry` is one): their
+    names, in order, with the default port of each one's service."""
+
+    @property
+    def ports(self) -> Mapping[str, int]:
+        """Default service port by agent name."""
+        ...
 
 
 class AgentServiceSettings(_Section):
     """The agents as HTTP services: where each listens and how the orchestrator calls it.
 
-    ``ports`` maps agent names to ports (5001 to 5009 in the table's order); ``urls``
-    overrides the URL of one agent; ``http`` overrides the mode of one agent (true: call its
-    service, false: run it in process), for mixed deployments.
+    The agents and their default ports (5001 onwards in registry order) come from the
+    registry; these maps hold overrides only, keyed by agent name: ``ports`` the port of
+    one agent, ``urls`` its whole URL, ``http`` its mode (true: call its service, false:
+    run it in process), for mixed deployments. The names are checked against the registry
+    where the two meet (`check_agent_settings`).
     """
 
     host: str = "127.0.0.1"
-    ports: dict[str, int] = Field(
-        default_factory=lambda: {name: 5001 + i for i, name in enumerate(AGENT_NAMES)}
-    )
+    ports: dict[str, int] = Field(default_factory=dict)
     urls: dict[str, str] = Field(default_factory=dict)
     http: dict[str, bool] = Field(default_factory=dict)
     timeout_s: float = Field(2.0, gt=0)
@@ -124,25 +128,13 @@ class AgentServiceSettings(_Section):
     start_timeout_s: float = Field(30.0, gt=0)
     stop_timeout_s: float = Field(10.0, gt=0)
 
-    @field_validator("ports", "urls", "http")
-    @classmethod
-    def _known_agents(cls, value: dict[str, Any]) -> dict[str, Any]:
-        unknown = [k for k in value if k not in AGENT_NAMES]
-        if unknown:
-            near = {k: difflib.get_close_matches(k, AGENT_NAMES, n=1) for k in unknown}
-            hints = [f"{k} (did you mean {v[0]}?)" if v else k for k, v in near.items()]
-            raise ValueError(f"unknown agent(s): {', '.join(hints)}")
-        return value
-
     @field_validator("ports")
     @classmethod
-    def _ports_complete(cls, value: dict[str, int]) -> dict[str, int]:
-        # overriding one port keeps the defaults of the others
-        merged = {name: 5001 + i for i, name in enumerate(AGENT_NAMES)} | value
-        bad = [f"{k}={v}" for k, v in merged.items() if not 0 < v < 65536]
+    def _ports_in_range(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = [f"{k}={v}" for k, v in value.items() if not 0 < v < 65536]
         if bad:
             raise ValueError(f"ports must be 1 to 65535: {', '.join(bad)}")
-        return {name: merged[name] for name in AGENT_NAMES}
+        return value
 
 
 class ApiSettings(_Section):
@@ -246,11 +238,16 @@ class Settings(BaseSettings):
     pipeline: PipelineSettings = PipelineSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
 
-    def agent_url(self, name: str) -> str:
+    def agent_port(self, name: str, agents: AgentCatalog) -> int:
+        """The port of agent ``name``'s service: its override, else its default in ``agents``."""
+        port = self.agents.ports.get(name)
+        return port if port is not None else agents.ports[name]
+
+    def agent_url(self, name: str, agents: AgentCatalog) -> str:
         """The URL of agent ``name``'s service: its override, else base URL plus its port."""
         if name in self.agents.urls:
             return self.agents.urls[name].rstrip("/")
-        return f"{self.agent_services_base_url.rstrip('/')}:{self.agents.ports[name]}"
+        return f"{self.agent_services_base_url.rstrip('/')}:{self.agent_port(name, agents)}"
 
     def agent_uses_http(self, name: str, request_override: bool | None = None) -> bool:
         """Whether agent ``name`` is called over HTTP: request, then per-agent, then global."""
@@ -307,17 +304,40 @@ def check_unknown_names(names: list[str]) -> None:
         raise ConfigurationError(f"unknown setting {raw}{hint}")
 
 
-def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
+def check_agent_settings(settings: Settings, agents: AgentCatalog) -> Settings:
+    """Answer ``settings`` when every agent it names is one of ``agents``; else raise
+    `ConfigurationError` naming the setting and each unknown name (and the nearest known one).
+    """
+    known = list(agents.ports)
+    problems = []
+    for field in ("ports", "urls", "http"):
+        unknown = [k for k in getattr(settings.agents, field) if k not in agents.ports]
+        if not unknown:
+            continue
+        near = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+        hints = [f"{k} (did you mean {v[0]}?)" if v else k for k, v in near.items()]
+        problems.append(f"{PREFIX}AGENTS__{field.upper()}: unknown agent(s): {', '.join(hints)}")
+    if problems:
+        raise ConfigurationError("invalid setting(s): " + "; ".join(problems))
+    return settings
+
+
+def load_settings(
+    env_file: str | Path | None = ".env", *, registry: AgentCatalog | None = None, **overrides: Any
+) -> Settings:
     """Read settings once; raise `ConfigurationError` naming any unknown or invalid one.
 
-    This is the one place that reads the process environment.
+    This is the one place that reads the process environment. With ``registry`` (the
+    agents, e.g. `conclave.agents.REGISTRY`) the agent names in the settings are checked
+    against it too (`check_agent_settings`); the app factories check them in any case.
     """
     file_values: dict[str, str | None] = {}
     if env_file is not None and Path(env_file).is_file():
         file_values = dict(dotenv_values(env_file))
     check_unknown_names([*os.environ, *file_values])
     try:
-        return Settings(_env_file=env_file, **overrides)
+        settings = Settings(_env_file=env_file, **overrides)
     except ValidationError as exc:
         problems = [f"{_env_name(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
         raise ConfigurationError("invalid setting(s): " + "; ".join(problems)) from None
+    return settings if registry is None else check_agent_settings(settings, registry)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conclave.agents.base import AgentInput, SeriesOutput
+from conclave.agents import AgentInput, SeriesOutput
 from conclave.agents.market_structure import MarketStructure
 from conclave.agents.momentum import Momentum
 from conclave.agents.order_flow import OrderFlow

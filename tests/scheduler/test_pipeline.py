@@ -14,15 +14,16 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from conclave.agents.base import iso_ms
+from conclave.agents import REGISTRY
 from conclave.market.sources.sim import SimSource
 from conclave.pipeline import PipelineRun
 from conclave.pipeline.http_runner import HttpRunner
 from conclave.scheduler import Job
-from conclave.scheduler.execute import PipelineExecutor, build_scheduler
 from conclave.services.api import create_app
+from conclave.services.execute import PipelineExecutor, build_scheduler
 from conclave.services.runtime import Runtime
-from conclave.settings import AGENT_NAMES, Settings
+from conclave.settings import Settings
+from conclave.timeframes import iso_ms
 from tests.scheduler.conftest import DAY0, FakeClock
 from tests.services.test_api import make_settings
 
@@ -70,7 +71,7 @@ def test_use_http_agents_makes_the_scheduler_call_every_agent_over_http(tmp_path
         rt = await Runtime.open(settings, now_ms=clock, source=SimSource(now_ms=clock))
         try:
             executor = PipelineExecutor(rt)
-            return {type(executor.pipeline().runners[n]).__name__ for n in AGENT_NAMES}
+            return {type(executor.pipeline().runners[n]).__name__ for n in REGISTRY}
         finally:
             await rt.aclose()
 

@@ -12,12 +12,12 @@ import orjson
 import pytest
 
 from conclave.agents import REGISTRY
-from conclave.agents.base import iso_ms
 from conclave.market.gateway import MarketGateway
 from conclave.pipeline import Pipeline
+from conclave.pipeline.wire import encode_input
 from conclave.services.agent_app import create_agent_app
-from conclave.services.wire import encode_input
-from conclave.settings import AGENT_NAMES, AgentServiceSettings, MarketSettings, Settings
+from conclave.settings import AgentServiceSettings, MarketSettings, Settings
+from conclave.timeframes import iso_ms
 from tests.pipeline.helpers import CountingSource
 from tests.services.helpers import FILE_AS_OF, SIM_NOW, context_at, file_gateway
 
@@ -90,7 +90,7 @@ async def test_info_describes_needs_parameters_and_schema() -> None:
     assert info["parametersSchema"]["type"] == "object"
 
 
-@pytest.mark.parametrize("name", AGENT_NAMES)
+@pytest.mark.parametrize("name", list(REGISTRY))
 async def test_ids_only_context_is_resolved_by_the_service(name: str) -> None:
     """POST /run with ids only: the service reads its own (sim) data and answers the contract."""
     async with client(name) as c:
@@ -122,7 +122,7 @@ async def test_ids_only_outside_the_allowlist_is_refused_before_any_io() -> None
 
 
 @pytest.mark.shared_data
-@pytest.mark.parametrize("name", AGENT_NAMES)
+@pytest.mark.parametrize("name", list(REGISTRY))
 async def test_inline_context_is_used_as_given(name: str, shared_data: Path) -> None:
     """An inline context gives exactly what the agent computes on that input in process."""
     async with Pipeline(file_gateway(shared_data)) as pipe:

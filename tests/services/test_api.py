@@ -14,12 +14,13 @@ import httpx2
 import pytest
 from sqlalchemy.exc import OperationalError
 
+from conclave.agents import REGISTRY
 from conclave.errors import StoreUnavailableError
 from conclave.market.candles import Candles
 from conclave.market.sources import open_source
 from conclave.services.api import create_app
 from conclave.services.runtime import agent_endpoints, open_store
-from conclave.settings import AGENT_NAMES, Settings
+from conclave.settings import Settings
 from conclave.timeframes import Timeframe
 from tests.conftest import need
 from tests.pipeline.helpers import CountingSource
@@ -140,7 +141,7 @@ async def test_post_run_records_nine_steps_and_a_decision(api: httpx2.AsyncClien
     resp = await api.post("/pipeline/run", json=RUN)
     assert resp.status_code == 201, resp.text
     run = resp.json()
-    assert set(run["steps"]) == set(AGENT_NAMES)
+    assert set(run["steps"]) == set(REGISTRY)
     assert run["decision"]["status"] in ("ok", "blocked", "failed", "no_signal")
     assert run["simulated"] is True
     back = await api.get(f"/pipeline/runs/{run['runId']}")
@@ -386,15 +387,15 @@ def test_modes_follow_request_then_agent_then_global(tmp_path: Path) -> None:
         agent_services_base_url="http://10.0.0.5",
         agents={"http": {"momentum": True}, "urls": {"order-flow": "http://flow:80/"}},
     )
-    modes = {e.name: e for e in agent_endpoints(s)}
+    modes = {e.name: e for e in agent_endpoints(s, REGISTRY)}
     assert modes["momentum"].mode == "http"
     assert modes["market-structure"].mode == "local"
     assert modes["market-structure"].url == "http://10.0.0.5:5001"
     assert modes["order-flow"].url == "http://flow:80"
-    assert {e.mode for e in agent_endpoints(s, False)} == {"local"}
-    assert {e.mode for e in agent_endpoints(s, True)} == {"http"}
+    assert {e.mode for e in agent_endpoints(s, REGISTRY, False)} == {"local"}
+    assert {e.mode for e in agent_endpoints(s, REGISTRY, True)} == {"http"}
     everything = make_settings(tmp_path, use_http_agents=True, agents={"http": {"momentum": False}})
-    modes = {e.name: e.mode for e in agent_endpoints(everything)}
+    modes = {e.name: e.mode for e in agent_endpoints(everything, REGISTRY)}
     assert modes.pop("momentum") == "local"
     assert set(modes.values()) == {"http"}
 
@@ -404,7 +405,7 @@ async def test_http_agents_down_fail_every_step_and_are_recorded(
 ) -> None:
     """useHttpAgents with no service listening: every step fails (connection refused), the
     decision is failed (never a 500), and the run is recorded."""
-    ports = {name: closed_port() for name in AGENT_NAMES}
+    ports = {name: closed_port() for name in REGISTRY}
     settings = make_settings(tmp_path, agents={"ports": ports, "timeout_s": 1.0})
     async for api in _client(settings, source=source):
         resp = await api.post("/pipeline/run", json=RUN | {"useHttpAgents": True})
@@ -415,7 +416,7 @@ async def test_http_agents_down_fail_every_step_and_are_recorded(
             assert step["meta"]["reason"].startswith("connection_refused")
         assert run["decision"]["status"] == "failed"
         assert run["decision"]["reason"].startswith("insufficient_agents")
-        assert sorted(run["missingAgents"]) == sorted(AGENT_NAMES)
+        assert sorted(run["missingAgents"]) == sorted(REGISTRY)
         assert (await api.get(f"/pipeline/runs/{run['runId']}")).json() == run
         agents = {a["name"]: a for a in (await api.get("/agents")).json()}
         assert {a["mode"] for a in agents.values()} == {"local"}

@@ -23,7 +23,7 @@ import httpx2
 import psutil
 import pytest
 
-from conclave.settings import AGENT_NAMES
+from conclave.agents import REGISTRY
 
 RUN = {"symbol": "BTCUSDT", "timeframe": "1h"}
 #: Environment passed through to the children; everything else is set explicitly.
@@ -98,7 +98,7 @@ def all_agents_ok(client: httpx2.Client, url: str) -> bool:
     for _ in range(5):
         agents = client.get(f"{url}/agents").json()
         if {(a["mode"], a["status"]) for a in agents} == {("http", "ok")}:
-            return len(agents) == len(AGENT_NAMES)
+            return len(agents) == len(REGISTRY)
         time.sleep(0.5)
     return False
 
@@ -127,8 +127,8 @@ def test_microservices_end_to_end_degrades_when_an_agent_dies(tmp_path: Path) ->
     """Nine agent processes plus the orchestrator: a run is recorded and read back; after
     ``kill -9`` of one agent the next run is recorded degraded naming it (C1); stopping
     everything leaves no process behind."""
-    *agent_ports, api_port = free_ports(len(AGENT_NAMES) + 1)
-    ports = dict(zip(AGENT_NAMES, agent_ports, strict=True))
+    *agent_ports, api_port = free_ports(len(REGISTRY) + 1)
+    ports = dict(zip(REGISTRY, agent_ports, strict=True))
     env = child_env(tmp_path, ports, USE_HTTP_AGENTS="true")
     url = f"http://127.0.0.1:{api_port}"
     pids: dict[str, int] = {}
@@ -139,7 +139,7 @@ def test_microservices_end_to_end_degrades_when_an_agent_dies(tmp_path: Path) ->
         )
         pids = recorded_pids(tmp_path)
         assert started.returncode == 0, started.stderr.decode()[-2000:]
-        assert set(pids) == set(AGENT_NAMES)
+        assert set(pids) == set(REGISTRY)
 
         serve = conclave("serve", "--host", "127.0.0.1", "--port", str(api_port))
         with (
@@ -221,8 +221,8 @@ def test_demo_serves_runs_once_and_labels_sim_output(tmp_path: Path) -> None:
 def test_up_starts_everything_and_ctrl_c_stops_exactly_that(tmp_path: Path) -> None:
     """``conclave up``: nine agent services and the orchestrator over HTTP; SIGINT (Ctrl-C)
     stops the orchestrator and every service it started, and it exits 0."""
-    *agent_ports, api_port = free_ports(len(AGENT_NAMES) + 1)
-    env = child_env(tmp_path, dict(zip(AGENT_NAMES, agent_ports, strict=True)))
+    *agent_ports, api_port = free_ports(len(REGISTRY) + 1)
+    env = child_env(tmp_path, dict(zip(REGISTRY, agent_ports, strict=True)))
     url = f"http://127.0.0.1:{api_port}"
     pids: dict[str, int] = {}
     up_pid = None
@@ -235,7 +235,7 @@ def test_up_starts_everything_and_ctrl_c_stops_exactly_that(tmp_path: Path) -> N
             up_pid = proc.pid
             wait_healthy(client, url, proc)
             pids = recorded_pids(tmp_path)
-            assert set(pids) == set(AGENT_NAMES)
+            assert set(pids) == set(REGISTRY)
             assert client.get(f"{url}/health").json()["mode"] == "microservices"
             run = client.post(f"{url}/pipeline/run", json=RUN).json()
             assert run["missingAgents"] == [], run["steps"]

@@ -12,14 +12,13 @@ import numpy as np
 import orjson
 import pytest
 
-from conclave.agents import REGISTRY
-from conclave.agents.base import AccountRisk, AccountState
+from conclave.agents import REGISTRY, AccountRisk, AccountState
 from conclave.news.sources import FileNewsSource
 from conclave.pipeline import LocalRunner, Pipeline, PipelineContext
 from conclave.pipeline.context import InputPlan
 from conclave.pipeline.http_runner import AgentHttpClient, HttpRunner
 from conclave.services.procs import is_alive, read_pidfile, start_agents, stop_recorded
-from conclave.settings import AGENT_NAMES, AgentServiceSettings, Settings
+from conclave.settings import AgentServiceSettings, Settings
 from tests.services.helpers import FILE_AS_OF, NOW_ISO, context_at, file_gateway, free_port
 
 pytestmark = pytest.mark.shared_data
@@ -30,7 +29,7 @@ NEWS = "news/btc_price_moving_news_2010-2022.csv"
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """The nine services on free loopback ports; all stopped (and checked gone) after."""
     tmp = tmp_path_factory.mktemp("agents")
-    ports = {n: free_port() for n in AGENT_NAMES}
+    ports = {n: free_port() for n in REGISTRY}
     settings = Settings(
         _env_file=None, data_dir=tmp, logs_dir=tmp / "logs",
         agents=AgentServiceSettings(ports=ports, start_timeout_s=60.0, stop_timeout_s=5.0),
@@ -83,16 +82,17 @@ async def client() -> AsyncIterator[AgentHttpClient]:
 
 def http_runners(settings: Settings, client: AgentHttpClient) -> dict[str, HttpRunner]:
     return {
-        n: HttpRunner(n, settings.agent_url(n), client=client, timeout_s=5.0) for n in AGENT_NAMES
+        n: HttpRunner(n, settings.agent_url(n, REGISTRY), client=client, timeout_s=5.0)
+        for n in REGISTRY
     }
 
 
-@pytest.mark.parametrize("name", AGENT_NAMES)
+@pytest.mark.parametrize("name", list(REGISTRY))
 async def test_every_agent_gives_identical_answers_in_both_modes(
     name: str, services: Settings, contexts: list[PipelineContext], client: AgentHttpClient
 ) -> None:
     """Same context -> identical status, score, confidence and payload, bit for bit."""
-    runner = HttpRunner(name, services.agent_url(name), client=client, timeout_s=5.0)
+    runner = HttpRunner(name, services.agent_url(name, REGISTRY), client=client, timeout_s=5.0)
     agent = REGISTRY[name]()
     for ctx in contexts:
         agent_input = ctx.input_for(agent)
@@ -128,7 +128,7 @@ async def test_whole_pipeline_decides_the_same_in_both_modes(
             http = await http_pipe.run(account, "BTCUSDT", "1h", as_of_ms=as_of, now_iso=NOW_ISO)
         assert not http.degraded, http.missing_agents
         assert http.decision.to_wire() == local.decision.to_wire()
-        for name in AGENT_NAMES:
+        for name in REGISTRY:
             a, b = http.steps[name], local.steps[name]
             assert (a.status, a.score, a.confidence) == (b.status, b.score, b.confidence)
 
@@ -160,7 +160,7 @@ async def test_the_account_s_own_risk_levels_change_the_verdict_in_both_modes(
 ) -> None:
     """Per-account limits and a pause travel on the wire: the risk manager over HTTP halts
     the tight and the paused account exactly as in process, unlike the default levels."""
-    url = services.agent_url("risk-manager")
+    url = services.agent_url("risk-manager", REGISTRY)
     runner = HttpRunner("risk-manager", url, client=client, timeout_s=5.0)
     agent = REGISTRY["risk-manager"]()
     levels = []

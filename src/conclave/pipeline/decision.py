@@ -23,6 +23,10 @@ reason ``insufficient_agents``, no action (RELIABILITY C6); risk manager missing
 with an invalid verdict -> action ``BLOCKED``, never tradable (C5); risk veto
 (``allowed`` false) -> HOLD, not tradable, the risk manager's reason. Any failed or missing
 step marks the decision degraded and names it (C1, C4).
+
+Which agents are directional, which one sizes and which one is the risk manager comes from
+the `Registry` given to `decide` (default `conclave.agents.REGISTRY`); a `DecisionConfig` is
+validated against one (`DecisionConfig.for_registry`; the default registry otherwise).
 """
 
 from __future__ import annotations
@@ -33,26 +37,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
+from conclave.agents import REGISTRY
+from conclave.agents.registry import Registry
 from conclave.pipeline.context import StepResult
 
-#: The nine agents in registry order; the first eight are the analysis agents.
-ALL_AGENTS: tuple[str, ...] = (
-    "market-structure",
-    "order-flow",
-    "momentum",
-    "volatility-regime",
-    "news-sentiment",
-    "multi-timeframe",
-    "pattern-recognition",
-    "statistical-edge",
-    "risk-manager",
-)
-RISK_AGENT = "risk-manager"
-SIZING_AGENT = "volatility-regime"
-ANALYSIS_AGENTS: tuple[str, ...] = tuple(a for a in ALL_AGENTS if a != RISK_AGENT)
-DIRECTIONAL_AGENTS: tuple[str, ...] = tuple(a for a in ANALYSIS_AGENTS if a != SIZING_AGENT)
+# The default registry's roles, for the backtester (which computes over these nine).
+ALL_AGENTS: tuple[str, ...] = REGISTRY.names
+RISK_AGENT: str = REGISTRY.risk
+SIZING_AGENT: str = REGISTRY.sizing
+ANALYSIS_AGENTS: tuple[str, ...] = REGISTRY.analysis
+DIRECTIONAL_AGENTS: tuple[str, ...] = REGISTRY.directional
 
 Action = Literal["BUY", "SELL", "HOLD", "BLOCKED"]
 DecisionStatus = Literal["ok", "blocked", "failed", "no_signal"]
@@ -62,8 +66,10 @@ class DecisionConfig(BaseModel):
     """Weights, thresholds and quorum of the decision; frozen, unknown keys are errors.
 
     ``weights`` maps directional agents to a weight >= 0 (missing ones weigh 1.0; the
-    volatility-regime and risk-manager are not directional and take none). Thresholds
-    apply to conviction in [-1, 1]; ``quorum`` counts healthy analysis agents (of 8).
+    sizing and risk agents are not directional and take none). Thresholds apply to
+    conviction in [-1, 1]; ``quorum`` counts healthy analysis agents (at most all of them:
+    8 of the nine). Names and quorum are checked against `conclave.agents.REGISTRY`, or
+    the registry given to `for_registry`.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -72,38 +78,79 @@ class DecisionConfig(BaseModel):
     buy_threshold: float = Field(0.15, gt=0.0, le=1.0)
     sell_threshold: float = Field(0.15, gt=0.0, le=1.0)
     strong_threshold: float = Field(0.5, gt=0.0, le=1.0)
-    quorum: int = Field(6, ge=1, le=len(ANALYSIS_AGENTS))
+    quorum: int = Field(6, ge=1)
     volatility_fallback: float = Field(0.5, ge=0.0, le=1.0)
+
+    @classmethod
+    def for_registry(cls, registry: Registry, **values: Any) -> DecisionConfig:
+        """A config of ``values`` whose weights and quorum are checked against ``registry``."""
+        return cls.model_validate(values, context={"registry": registry})
 
     @field_validator("weights", mode="before")
     @classmethod
-    def _known_agents(cls, value: Any) -> Any:
+    def _known_agents(cls, value: Any, info: ValidationInfo) -> Any:
         if not isinstance(value, Mapping):
             return value
+        registry = _registry(info)
+        directional = registry.directional
         for key, w in value.items():
-            if key not in DIRECTIONAL_AGENTS:
-                if key in ALL_AGENTS:
+            if key not in directional:
+                if key in registry:
                     raise ValueError(f"agent {key!r} is not directional and takes no weight")
-                near = difflib.get_close_matches(str(key), DIRECTIONAL_AGENTS, n=1)
+                near = difflib.get_close_matches(str(key), directional, n=1)
                 hint = f"; did you mean {near[0]!r}?" if near else ""
                 raise ValueError(f"unknown agent {key!r} in weights{hint}")
             if isinstance(w, int | float) and not (math.isfinite(w) and w >= 0):
                 raise ValueError(f"weight of {key!r} must be a finite number >= 0, got {w!r}")
-        return {a: float(value.get(a, 1.0)) for a in DIRECTIONAL_AGENTS}
+        return {a: float(value.get(a, 1.0)) for a in directional}
+
+    @field_validator("quorum")
+    @classmethod
+    def _at_most_all(cls, value: int, info: ValidationInfo) -> int:
+        most = len(_registry(info).analysis)
+        if value > most:
+            raise PydanticCustomError(
+                "less_than_equal", "Input should be less than or equal to {le}", {"le": most}
+            )
+        return value
 
     @model_validator(mode="after")
-    def _coherent(self) -> DecisionConfig:
+    def _coherent(self, info: ValidationInfo) -> DecisionConfig:
         if self.strong_threshold < max(self.buy_threshold, self.sell_threshold):
             raise ValueError("strong_threshold must be at least the buy and sell thresholds")
-        if sum(self.weight(a) for a in DIRECTIONAL_AGENTS) <= 0:
+        registry = _registry(info)
+        if sum(self.weight(a, registry) for a in registry.directional) <= 0:
             raise ValueError("at least one directional agent needs a weight above 0")
         return self
 
-    def weight(self, agent: str) -> float:
-        """The weight of ``agent`` (0 for the non-directional ones)."""
-        if agent not in DIRECTIONAL_AGENTS:
+    def weight(self, agent: str, registry: Registry = REGISTRY) -> float:
+        """The weight of ``agent``: 1.0 unless configured for a directional agent of
+        ``registry``, 0 for the others."""
+        if agent not in registry.directional:
             return 0.0
         return self.weights.get(agent, 1.0)
+
+    def check(self, registry: Registry) -> None:
+        """Raise `ValueError` unless this config fits ``registry``: weights only for its
+        directional agents, a quorum no larger than its analysis agents."""
+        if self.weights and self.weights.keys() != set(registry.directional):
+            raise ValueError(
+                f"the decision's weights are for {sorted(self.weights)}, the registry's"
+                f" directional agents are {sorted(registry.directional)}: build the config"
+                " with DecisionConfig.for_registry(registry, ...)"
+            )
+        if self.quorum > len(registry.analysis):
+            raise ValueError(
+                f"quorum {self.quorum} is above the registry's {len(registry.analysis)}"
+                " analysis agents"
+            )
+
+
+def _registry(info: ValidationInfo) -> Registry:
+    """The registry a config is validated against: the context's, else `REGISTRY`."""
+    context = info.context
+    found = context.get("registry") if isinstance(context, Mapping) else None
+    return found if isinstance(found, Registry) else REGISTRY
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,13 +236,13 @@ def _risk_verdict(step: StepResult | None) -> tuple[bool, float, str] | None:
     return bool(step.payload["allowed"]), mult, str(step.payload.get("reason", ""))
 
 
-def _usable(agent: str, step: StepResult | None) -> bool:
+def _usable(agent: str, step: StepResult | None, registry: Registry) -> bool:
     """Healthy, and for the sizing and risk agents with a valid multiplier and verdict."""
     if step is None or not step.ok:
         return False
-    if agent == SIZING_AGENT:
+    if agent == registry.sizing:
         return _multiplier(step) is not None
-    if agent == RISK_AGENT:
+    if agent == registry.risk:
         return _risk_verdict(step) is not None
     return True
 
@@ -212,10 +259,10 @@ def _contribution(
     agent: str,
     step: StepResult | None,
     usable: bool,
-    config: DecisionConfig,
+    weight: float,
     parts: Mapping[str, float],
 ) -> Contribution:
-    w = config.weight(agent)
+    w = weight
     if step is None:
         return Contribution(agent, "missing", w, None, None, None)
     if not usable:
@@ -224,23 +271,29 @@ def _contribution(
     return Contribution(agent, "ok", w, step.score, step.confidence, parts.get(agent, 0.0))
 
 
-def decide(steps: Mapping[str, StepResult], config: DecisionConfig) -> Decision:
-    """Combine the steps into one `Decision` (formula and gates in the module docstring)."""
-    usable = {a: _usable(a, steps.get(a)) for a in ALL_AGENTS}
-    missing = tuple(a for a in ALL_AGENTS if not usable[a])
-    healthy = [a for a in ANALYSIS_AGENTS if usable[a]]
+def decide(
+    steps: Mapping[str, StepResult], config: DecisionConfig, registry: Registry = REGISTRY
+) -> Decision:
+    """Combine the steps of ``registry``'s agents into one `Decision` (formula and gates in
+    the module docstring); `ValueError` if ``config`` does not fit ``registry``."""
+    config.check(registry)
+    names = registry.names
+    usable = {a: _usable(a, steps.get(a), registry) for a in names}
+    missing = tuple(a for a in names if not usable[a])
+    healthy = [a for a in registry.analysis if usable[a]]
     degraded = bool(missing)
 
-    directional = [a for a in DIRECTIONAL_AGENTS if a in healthy]
-    total_w = sum(config.weight(a) for a in directional)
+    weights = {a: config.weight(a, registry) for a in registry.directional}
+    directional = [a for a in registry.directional if usable[a]]
+    total_w = sum(weights[a] for a in directional)
     conf = {a: float(steps[a].confidence or 0.0) for a in directional}  # ok: not None
     parts = {
-        a: config.weight(a) * (conf[a] / 100.0) * float(steps[a].score or 0.0) / total_w
+        a: weights[a] * (conf[a] / 100.0) * float(steps[a].score or 0.0) / total_w
         for a in directional
         if total_w > 0
     }
     contributions = tuple(
-        _contribution(a, steps.get(a), usable[a], config, parts) for a in ALL_AGENTS
+        _contribution(a, steps.get(a), usable[a], weights.get(a, 0.0), parts) for a in names
     )
     common: dict[str, Any] = {
         "degraded": degraded,
@@ -251,7 +304,7 @@ def decide(steps: Mapping[str, StepResult], config: DecisionConfig) -> Decision:
     }
     if len(healthy) < config.quorum:
         reason = (
-            f"insufficient_agents: {len(healthy)} of {len(ANALYSIS_AGENTS)} analysis agents"
+            f"insufficient_agents: {len(healthy)} of {len(registry.analysis)} analysis agents"
             f" healthy, quorum {config.quorum}; missing {', '.join(missing)}"
         )
         return Decision("failed", None, reason, **common)
@@ -260,7 +313,7 @@ def decide(steps: Mapping[str, StepResult], config: DecisionConfig) -> Decision:
         return Decision("failed", None, reason, **common)
 
     conviction = math.fsum(parts.values())
-    mean_conf = sum(config.weight(a) * conf[a] for a in directional) / total_w
+    mean_conf = sum(weights[a] * conf[a] for a in directional) / total_w
     spread = math.fsum(abs(p) for p in parts.values())
     agreement = abs(conviction) / spread if spread > 0 else 0.0
     confidence = min(100.0, mean_conf * agreement)
@@ -271,11 +324,11 @@ def decide(steps: Mapping[str, StepResult], config: DecisionConfig) -> Decision:
     else:
         action = "HOLD"
     strength = min(1.0, abs(conviction) / config.strong_threshold) if action != "HOLD" else 0.0
-    vol = _multiplier(steps.get(SIZING_AGENT))
+    vol = _multiplier(steps.get(registry.sizing))
     vol_mult = config.volatility_fallback if vol is None else vol
     numbers: dict[str, Any] = {"conviction": conviction, "confidence": confidence}
 
-    risk_step = steps.get(RISK_AGENT)
+    risk_step = steps.get(registry.risk)
     verdict = _risk_verdict(risk_step)
     if verdict is None:
         reason = f"risk_manager_unavailable: {_why(risk_step)}; never tradable without it"
@@ -291,7 +344,7 @@ def decide(steps: Mapping[str, StepResult], config: DecisionConfig) -> Decision:
     if action == "HOLD":
         bits.append(f"inside the thresholds (-{config.sell_threshold}, {config.buy_threshold})")
     if vol is None:
-        bits.append(f"volatility-regime unavailable: size x{config.volatility_fallback}")
+        bits.append(f"{registry.sizing} unavailable: size x{config.volatility_fallback}")
     if degraded:
         bits.append(f"degraded without {', '.join(missing)}")
     return Decision(

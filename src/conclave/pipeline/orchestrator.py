@@ -3,9 +3,10 @@
 `Pipeline.run` fetches ONE `MarketSnapshot` per run through the gateway (each
 (symbol, timeframe) once: the run's timeframe with the longest lookback any agent declares,
 plus the union of the higher timeframes they need), reads news and the account when an
-agent needs them, runs the eight analysis agents (concurrently by default, or one after
-another with ``parallel=False``), then the risk manager, and combines the steps with
-`decide`. Every step is recorded with its status, duration and error.
+agent needs them, runs the analysis agents (concurrently by default, or one after another
+with ``parallel=False``), then the risk manager, and combines the steps with `decide`.
+Every step is recorded with its status, duration and error. The agents, their order and
+their roles come from the pipeline's `Registry` (default `conclave.agents.REGISTRY`).
 
 Data problems never escape as exceptions: stale data or a failing source turn every step
 into a failed one with that reason (``stale_data`` or ``error``) and the decision into
@@ -22,7 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
-from conclave.agents.base import AccountState, Agent, iso_ms
+from conclave.agents import REGISTRY, AccountState, Agent
+from conclave.agents.registry import Registry
 from conclave.errors import (
     ExchangeRejectedError,
     RetryLaterError,
@@ -30,6 +32,7 @@ from conclave.errors import (
     StaleDataError,
 )
 from conclave.market.gateway import MarketGateway, MarketSnapshot
+from conclave.news.headline import base_asset
 from conclave.news.sources import NewsSource
 from conclave.pipeline.context import (
     AccountReader,
@@ -40,13 +43,7 @@ from conclave.pipeline.context import (
     fetch_plan,
     higher_limits,
 )
-from conclave.pipeline.decision import (
-    ALL_AGENTS,
-    RISK_AGENT,
-    Decision,
-    DecisionConfig,
-    decide,
-)
+from conclave.pipeline.decision import Decision, DecisionConfig, decide
 from conclave.pipeline.runners import (
     DEFAULT_EXECUTOR,
     DEFAULT_TIMEOUT_S,
@@ -55,7 +52,7 @@ from conclave.pipeline.runners import (
     LocalRunner,
     make_executor,
 )
-from conclave.timeframes import Timeframe
+from conclave.timeframes import Timeframe, iso_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,18 +99,18 @@ class PipelineRun:
         }
 
 
-def default_agents() -> dict[str, Agent]:
-    """The nine agents of the registry with their default parameters."""
-    from conclave.agents import REGISTRY
-
-    return {name: cls() for name, cls in REGISTRY.items()}
+def default_agents(registry: Registry = REGISTRY) -> dict[str, Agent]:
+    """Every agent of ``registry`` (default: the nine) with its default parameters."""
+    return {name: cls() for name, cls in registry.items()}
 
 
 class Pipeline:
     """Runs the agents for one account, symbol and timeframe as of a point in time.
 
-    ``agents`` maps names to agents (default: the registry's nine); ``runners`` overrides
-    how a named agent is called (for example over HTTP). Local agents compute on
+    ``registry`` names the agents, their order and roles (default: the nine); ``agents``
+    maps names to agents (default: every agent of the registry, some of them for a partial
+    run), ``runners`` overrides how a named agent is called (for example over HTTP); a
+    name the registry does not know is a `ValueError`. Local agents compute on
     ``executor`` (see `conclave.pipeline.runners`) with ``timeout_s`` each. A run that
     names no account is assessed as a fresh account; a named account whose state cannot be
     read (no ``account_reader`` configured, or the reader fails) is not tradable.
@@ -124,6 +121,7 @@ class Pipeline:
         self,
         gateway: MarketGateway,
         *,
+        registry: Registry = REGISTRY,
         agents: Mapping[str, Agent] | None = None,
         runners: Mapping[str, AgentRunner] | None = None,
         news_source: NewsSource | None = None,
@@ -135,13 +133,20 @@ class Pipeline:
         workers: int | None = None,
     ) -> None:
         self.gateway = gateway
-        self.agents: dict[str, Agent] = dict(agents) if agents is not None else default_agents()
+        self.registry = registry
+        self.agents: dict[str, Agent] = (
+            dict(agents) if agents is not None else default_agents(registry)
+        )
         for name, agent in self.agents.items():
             if name != agent.name:
                 raise ValueError(f"agent registered as {name!r} is named {agent.name!r}")
+        unknown = [n for n in [*self.agents, *(runners or {})] if n not in registry]
+        if unknown:
+            raise ValueError(f"agent(s) not in the registry: {', '.join(unknown)}")
         self.news_source = news_source
         self.account_reader = account_reader
-        self.config = decision_config or DecisionConfig()
+        self.config = decision_config or DecisionConfig.for_registry(registry)
+        self.config.check(registry)
         self.parallel = parallel
         self.executor_kind = executor
         self._executor = make_executor(executor, workers=workers)
@@ -184,8 +189,6 @@ class Pipeline:
         news, news_error = None, ""
         needs_news = any(a.needs.news for a in self.agents.values())
         if needs_news and self.news_source is not None:
-            from conclave.agents.news_sentiment import base_asset
-
             try:
                 news = await asyncio.to_thread(
                     self.news_source.headlines, base_asset(snapshot.symbol), snapshot.as_of_ms
@@ -223,7 +226,8 @@ class Pipeline:
     async def run_steps(self, context: PipelineContext, *, now_iso: str) -> dict[str, StepResult]:
         """Every agent's step: the analysis agents (concurrently unless ``parallel`` is
         false), then the risk manager; keyed in registry order."""
-        analysis = [n for n in self.runners if n != RISK_AGENT]
+        risk = self.registry.risk
+        analysis = [n for n in self.runners if n != risk]
         # gathering only helps runners that can overlap (HTTP, a pool); inline agents are
         # synchronous, and tasks for them would be pure overhead
         if self.parallel and not all(self._inline(self.runners[n]) for n in analysis):
@@ -231,9 +235,9 @@ class Pipeline:
         else:
             results = [await self._step(n, context, now_iso) for n in analysis]
         steps = dict(zip(analysis, results, strict=True))
-        if RISK_AGENT in self.runners:
-            steps[RISK_AGENT] = await self._step(RISK_AGENT, context, now_iso)
-        order = {n: i for i, n in enumerate(ALL_AGENTS)}
+        if risk in self.runners:
+            steps[risk] = await self._step(risk, context, now_iso)
+        order = {n: i for i, n in enumerate(self.registry)}
         return dict(sorted(steps.items(), key=lambda kv: order.get(kv[0], len(order))))
 
     @staticmethod
@@ -275,14 +279,14 @@ class Pipeline:
             status: StepStatus = "stale_data" if isinstance(exc, StaleDataError) else "error"
             reason = f"{exc.reason}: {exc}"
             steps = self._all_failed(status, reason, now_iso)
-            decision = Decision.no_signal(reason, ALL_AGENTS, quorum=self.config.quorum)
+            decision = Decision.no_signal(reason, self.registry.names, quorum=self.config.quorum)
             return PipelineRun(
                 run_id, account_id, symbol, tf, as_of_ms, source.simulated, source.name, steps,
                 decision, (time.perf_counter() - t0) * 1000.0, now_iso,
             )  # fmt: skip
         context = await self.context(snapshot, account_id)
         steps = await self.run_steps(context, now_iso=now_iso)
-        decision = decide(steps, self.config)
+        decision = decide(steps, self.config, self.registry)
         return PipelineRun(
             run_id, account_id, symbol, tf, as_of_ms, snapshot.simulated, snapshot.source,
             steps, decision, (time.perf_counter() - t0) * 1000.0, now_iso,

@@ -1,7 +1,7 @@
-"""One FastAPI app factory serves any of the nine agents (ARCHITECTURE.md, wire contract).
+"""One FastAPI app factory serves any agent of a registry (ARCHITECTURE.md, wire contract).
 
 ``GET /health`` and ``GET /info`` describe the service; ``POST /run`` takes a context (see
-`conclave.services.wire`) and answers exactly the agent's ``AgentResult.to_wire()``:
+`conclave.pipeline.wire`) and answers exactly the agent's ``AgentResult.to_wire()``:
 
 - data inline: used as given (the orchestrator's `HttpRunner` sends what it fetched);
 - ids only: the service reads the data through its own `MarketGateway` (the configured
@@ -13,6 +13,10 @@
 ``POST /run`` is answered by `RunRoute`, a pure ASGI route in front of FastAPI with the same
 rules and error shapes (FastAPI still documents it and serves everything else).
 
+The agent is looked up in the factory's `Registry` (default `conclave.agents.REGISTRY`),
+whose other agents still shape the data an ids-only context resolves to (the longest
+lookback of them all), so the service sees exactly what the orchestrator would send.
+
 Symbol and timeframe are checked (pattern, then the allowlists for ids-only contexts)
 before any I/O. Data that cannot give a signal (stale, source down) is answered 200 with
 ``meta.status`` ``stale_data`` or ``error`` and the reason, like any other failed step.
@@ -20,7 +24,6 @@ before any I/O. Data that cannot give a signal (stale, source down) is answered 
 
 from __future__ import annotations
 
-import difflib
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -31,8 +34,8 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from conclave.agents import REGISTRY
-from conclave.agents.base import Agent, AgentInput, AgentResult, Status, iso_ms
+from conclave.agents import REGISTRY, Agent, AgentInput, AgentResult, Status
+from conclave.agents.registry import Registry
 from conclave.errors import (
     AgentError,
     ExchangeRejectedError,
@@ -45,6 +48,7 @@ from conclave.market.cache import make_cache
 from conclave.market.gateway import MarketGateway
 from conclave.market.sources import open_source
 from conclave.pipeline.orchestrator import Pipeline
+from conclave.pipeline.wire import WireContext, WireError, decode_context
 from conclave.services.http_common import (
     ApiError,
     check_json_type,
@@ -55,9 +59,8 @@ from conclave.services.http_common import (
     read_json,
     send_json,
 )
-from conclave.services.wire import WireContext, WireError, decode_context
-from conclave.settings import Settings
-from conclave.timeframes import Timeframe
+from conclave.settings import Settings, check_agent_settings
+from conclave.timeframes import Timeframe, iso_ms
 
 ENDPOINTS = {"health": "GET /health", "info": "GET /info", "run": "POST /run"}
 _RUN_SCHEMA: dict[str, Any] = {
@@ -80,11 +83,11 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def unknown_agent_message(name: str) -> str:
-    """``unknown agent NAME`` with the nearest name and the nine listed."""
-    near = difflib.get_close_matches(name, list(REGISTRY), n=1)
-    hint = f"; did you mean {near[0]}?" if near else ""
-    return f"unknown agent {name[:60]!r}{hint} (one of: {', '.join(REGISTRY)})"
+def unknown_agent_message(name: str, registry: Registry) -> str:
+    """``unknown agent NAME`` with the nearest name and every agent of ``registry`` listed."""
+    near = registry.suggest(name)
+    hint = f"; did you mean {near}?" if near else ""
+    return f"unknown agent {name[:60]!r}{hint} (one of: {', '.join(registry)})"
 
 
 def _failed(agent: Agent, status: Status, reason: str, now_iso: str, took_ms: float) -> Any:
@@ -232,17 +235,20 @@ def create_agent_app(
     name: str,
     settings: Settings,
     *,
+    registry: Registry = REGISTRY,
     now_ms: Callable[[], int] | None = None,
     gateway: MarketGateway | None = None,
 ) -> FastAPI:
-    """The service of agent ``name``; `InvalidRequestError` (field ``name``) if unknown.
+    """The service of agent ``name`` of ``registry``; `InvalidRequestError` (field ``name``)
+    if it has none of that name, `ConfigurationError` if the settings name an unknown agent.
 
     ``now_ms`` is the clock (ms UTC; default the wall clock); ``gateway`` replaces the one
     the app would open from ``settings`` (the app then leaves closing it to the caller).
     """
-    if name not in REGISTRY:
-        raise InvalidRequestError(unknown_agent_message(name), field="name")
-    service = _Service(REGISTRY[name](), settings, now_ms or wall_clock_ms, gateway)
+    if name not in registry:
+        raise InvalidRequestError(unknown_agent_message(name, registry), field="name")
+    check_agent_settings(settings, registry)
+    service = _Service(registry[name](), settings, now_ms or wall_clock_ms, gateway)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -253,7 +259,7 @@ def create_agent_app(
             service.gateway = MarketGateway(
                 source, cache=cache, cache_ttl_s=settings.market.cache.ttl_s
             )
-        service.pipeline = Pipeline(service.gateway, executor="inline")
+        service.pipeline = Pipeline(service.gateway, registry=registry, executor="inline")
         try:
             yield
         finally:

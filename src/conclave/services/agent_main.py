@@ -6,6 +6,7 @@ the agent app, not the whole ``conclave`` command line (its accounts, scheduler,
 backtest and API modules), so an agent process stays small: about 84 MB resident, against
 121 MB when served from the process that had imported the whole command line. ``conclave
 agent serve`` checks its arguments and then replaces itself with this entry (`exec_lean`).
+The agents are those of `conclave.agents.REGISTRY`, read here, at the edge.
 """
 
 from __future__ import annotations
@@ -16,21 +17,31 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from conclave.errors import ConfigurationError
-from conclave.settings import AGENT_NAMES, Settings, load_settings
+from conclave.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from conclave.agents.registry import Registry
 
 
 def serve(
-    name: str, settings: Settings, *, port: int, host: str, now_ms: Callable[[], int]
+    name: str,
+    settings: Settings,
+    *,
+    registry: Registry,
+    port: int,
+    host: str,
+    now_ms: Callable[[], int],
 ) -> None:
-    """Serve agent ``name`` with uvicorn until it is told to stop."""
+    """Serve agent ``name`` of ``registry`` with uvicorn until it is told to stop."""
     import uvicorn
 
     from conclave.services.agent_app import create_agent_app
 
     uvicorn.run(
-        create_agent_app(name, settings, now_ms=now_ms),
+        create_agent_app(name, settings, registry=registry, now_ms=now_ms),
         host=host,
         port=port,
         log_level=settings.log_level.lower(),
@@ -59,17 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=None)
     parser.add_argument("--env-file", default=".env")
     args = parser.parse_args(argv)
+    from conclave.agents import REGISTRY  # the agents' modules: after the arguments parse
+
     try:
-        settings = load_settings(args.env_file)
+        settings = load_settings(args.env_file, registry=REGISTRY)
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.name not in AGENT_NAMES:
-        print(
-            f"error: unknown agent {args.name!r}: one of {', '.join(AGENT_NAMES)}", file=sys.stderr
-        )
+    if args.name not in REGISTRY:
+        print(f"error: unknown agent {args.name!r}: one of {', '.join(REGISTRY)}", file=sys.stderr)
         return 2
-    port = args.port or settings.agents.ports[args.name]
+    port = args.port or settings.agent_port(args.name, REGISTRY)
     if not 0 < port < 65536:
         print(f"error: --port must be 1 to 65535, got {port}", file=sys.stderr)
         return 2
@@ -79,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     serve(
         args.name,
         settings,
+        registry=REGISTRY,
         port=port,
         host=args.host or settings.agents.host,
         now_ms=lambda: int(time.time() * 1000),

@@ -12,7 +12,8 @@ Endpoints (ARCHITECTURE.md, "Orchestrator"):
 - ``GET /pipeline/runs?accountId&symbol&status&limit&offset``: one page, newest first,
   ``{"items", "total", "limit", "offset"}``.
 - ``GET /pipeline/runs/{id}``: one run, or 404.
-- ``GET /agents``: each agent's mode, URL, port, status and health-check latency.
+- ``GET /agents``: each agent's mode, URL, port, status and health-check latency (the
+  agents of the app's `Registry`, default `conclave.agents.REGISTRY`).
 - ``GET /health``: ``ok`` or ``degraded`` with the state of the database, cache and source;
   503 when the database cannot be reached (runs could not be recorded).
 
@@ -38,8 +39,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 from starlette.responses import Response
 
+from conclave.agents import REGISTRY
+from conclave.agents.registry import Registry
 from conclave.errors import StoreRejectedError, StoreUnavailableError
 from conclave.market.sources import CandleSource
+from conclave.pipeline.wire import ACCOUNT_ID_PATTERN
 from conclave.services.accounts_api import router as accounts_router
 from conclave.services.http_common import (
     ApiError,
@@ -50,8 +54,7 @@ from conclave.services.http_common import (
 )
 from conclave.services.runtime import RunStoreLike, Runtime
 from conclave.services.scheduler_api import install_scheduler_api
-from conclave.services.wire import ACCOUNT_ID_PATTERN
-from conclave.settings import SYMBOL_PATTERN, Settings
+from conclave.settings import SYMBOL_PATTERN, Settings, check_agent_settings
 
 log = structlog.get_logger(__name__)
 
@@ -184,21 +187,27 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 def create_app(
     settings: Settings,
     *,
+    registry: Registry = REGISTRY,
     now_ms: Callable[[], int] | None = None,
     source: CandleSource | None = None,
     store: RunStoreLike | None = None,
 ) -> FastAPI:
-    """The orchestrator app for ``settings``; the lifespan opens and closes its `Runtime`.
+    """The orchestrator app for ``settings`` and the agents of ``registry``; the lifespan
+    opens and closes its `Runtime`. `ConfigurationError` if the settings name an agent the
+    registry does not know.
 
     ``now_ms`` is the wall clock (ms UTC; default: the system clock); ``source`` and
     ``store`` replace the configured ones (tests wrap or fake them).
     """
+    check_agent_settings(settings, registry)
     clock = now_ms if now_ms is not None else _wall_clock_ms
     run_request = run_request_model(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await Runtime.open(settings, now_ms=clock, source=source, store=store)
+        runtime = await Runtime.open(
+            settings, now_ms=clock, registry=registry, source=source, store=store
+        )
         app.state.runtime = runtime
         log.info(
             "orchestrator_started",
@@ -213,7 +222,7 @@ def create_app(
     app = FastAPI(
         title="Conclave orchestrator",
         version="1.0.0",
-        description="Runs the nine agents, combines them into one decision and records it.",
+        description="Runs the agents, combines them into one decision and records it.",
         lifespan=lifespan,
     )
     install_http_common(app, max_body_bytes=settings.api.max_body_bytes)
@@ -245,7 +254,7 @@ def create_app(
             Header(alias="Idempotency-Key", description="Makes retries of this request safe."),
         ] = None,
     ) -> Response:
-        """Run the nine agents for one symbol and timeframe as of now; store and return it."""
+        """Run the agents for one symbol and timeframe as of now; store and return it."""
         if idempotency_key is not None and not IDEMPOTENCY_KEY_PATTERN.match(idempotency_key):
             raise ApiError(
                 422,
@@ -305,7 +314,7 @@ def create_app(
             Query(alias="useHttpAgents", description="Check the modes a run with it would use."),
         ] = None,
     ) -> Response:
-        """Health of the nine agents, checked in parallel with a short timeout each."""
+        """Health of every agent, checked in parallel with a short timeout each."""
         return json_response(await _runtime(request).agent_health(use_http_agents))
 
     @app.get(

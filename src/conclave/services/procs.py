@@ -1,6 +1,6 @@
-"""Start, check and stop the nine agent services as background processes.
+"""Start, check and stop the agent services as background processes.
 
-`start_agents` spawns ``python -m conclave agent serve NAME --port P`` per agent (its own
+`start_agents` spawns ``python -m conclave.services.agent_main NAME --port P`` per agent (its own
 session, so a Ctrl-C of the parent does not reach it; output to ``<logs_dir>/<agent>.log``),
 records every PID with its creation time in ``<data_dir>/run/agents.json`` and waits until
 each answers ``GET /health`` as itself. `stop_recorded` stops exactly the recorded
@@ -8,6 +8,10 @@ processes: a recorded PID whose creation time differs belongs to another process
 PID was reused) and is left alone; the others get SIGTERM, then SIGKILL after
 ``stop_timeout_s``. Nothing is ever stopped by name or by port. `health_table` asks every
 service for ``/health``. ``conclave agents ...`` and ``conclave up`` are built on these.
+
+The agents, their default ports and order come from a `Registry` (default
+`conclave.agents.REGISTRY`); a spawned service looks its agent up in `REGISTRY`, so only
+agents of the default registry can run as processes.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ import httpx2
 import orjson
 import psutil
 
-from conclave.settings import AGENT_NAMES, Settings
+from conclave.agents import REGISTRY
+from conclave.agents.registry import Registry
+from conclave.settings import Settings, check_agent_settings
 
 StartStatus = Literal["started", "already_running", "failed"]
 StopOutcome = Literal["stopped", "killed", "not_running", "pid_reused", "survived"]
@@ -140,11 +146,11 @@ def serve_command(name: str, port: int, host: str) -> list[str]:
             "--port", str(port), "--host", host]  # fmt: skip
 
 
-def spawn(settings: Settings, name: str) -> Proc:
+def spawn(settings: Settings, name: str, registry: Registry) -> Proc:
     """Start agent ``name``'s service in its own session, output appended to its log."""
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
     log_path = settings.logs_dir / f"{name}.log"
-    port = settings.agents.ports[name]
+    port = settings.agent_port(name, registry)
     with log_path.open("ab") as log:
         child = subprocess.Popen(
             serve_command(name, port, settings.agents.host),
@@ -155,7 +161,8 @@ def spawn(settings: Settings, name: str) -> Proc:
         )
     _CHILDREN[child.pid] = child
     create_time = psutil.Process(child.pid).create_time()
-    return Proc(name, child.pid, create_time, port, settings.agent_url(name), str(log_path))
+    url = settings.agent_url(name, registry)
+    return Proc(name, child.pid, create_time, port, url, str(log_path))
 
 
 def probe(client: httpx2.Client, name: str, url: str) -> tuple[bool, float, str]:
@@ -193,14 +200,18 @@ def _wait_healthy(procs: Sequence[Proc], timeout_s: float) -> dict[str, str]:
     return errors
 
 
-def start_agents(settings: Settings, names: Iterable[str] | None = None) -> list[StartResult]:
-    """Start the named services (default all nine) not already running; wait for health.
+def start_agents(
+    settings: Settings, names: Iterable[str] | None = None, *, registry: Registry = REGISTRY
+) -> list[StartResult]:
+    """Start the named services (default every agent of ``registry``) not already running;
+    wait for health.
 
     Services that fail to become healthy within ``agents.start_timeout_s`` are stopped and
     reported with the reason.
     """
-    wanted = list(names) if names is not None else list(AGENT_NAMES)
-    unknown = [n for n in wanted if n not in AGENT_NAMES]
+    check_agent_settings(settings, registry)
+    wanted = list(names) if names is not None else list(registry)
+    unknown = [n for n in wanted if n not in registry]
     if unknown:
         raise ValueError(f"unknown agent(s): {', '.join(unknown)}")
     records = {n: p for n, p in read_pidfile(settings).items() if is_alive(p)}
@@ -211,7 +222,7 @@ def start_agents(settings: Settings, names: Iterable[str] | None = None) -> list
             proc = records[name]
             results[name] = StartResult(name, proc.url, "already_running", proc.pid)
             continue
-        proc = spawn(settings, name)
+        proc = spawn(settings, name, registry)
         records[name] = proc
         started.append(proc)
     write_pidfile(settings, records)
@@ -271,13 +282,17 @@ def stop_recorded(settings: Settings, names: Iterable[str] | None = None) -> lis
     return results
 
 
-def health_table(settings: Settings, names: Iterable[str] | None = None) -> list[HealthRow]:
-    """``/health`` of every service (default all nine), asked concurrently, 1 s each."""
-    wanted = list(names) if names is not None else list(AGENT_NAMES)
+def health_table(
+    settings: Settings, names: Iterable[str] | None = None, *, registry: Registry = REGISTRY
+) -> list[HealthRow]:
+    """``/health`` of every service (default every agent of ``registry``), asked
+    concurrently, 1 s each."""
+    check_agent_settings(settings, registry)
+    wanted = list(names) if names is not None else list(registry)
     records = read_pidfile(settings)
 
     def row(name: str) -> HealthRow:
-        url = settings.agent_url(name)
+        url = settings.agent_url(name, registry)
         rec = records.get(name)
         pid = rec.pid if rec is not None and is_alive(rec) else None
         ok, took, err = probe(client, name, url)

@@ -10,6 +10,11 @@ Modes (issue item 4): each agent is called in process or over HTTP by
 setting, then ``USE_HTTP_AGENTS``. One `Pipeline` is kept per distinct set of HTTP agents
 (at most three: the settings' own mix, all HTTP, all local), so a request that overrides
 the mode costs no set-up.
+
+The agents are those of the runtime's `Registry` (default `conclave.agents.REGISTRY`): its
+names, order, default ports and decision roles; the settings only override ports, URLs and
+modes, and naming an agent the registry does not know stops start-up
+(`check_agent_settings`).
 """
 
 from __future__ import annotations
@@ -25,12 +30,14 @@ import structlog
 
 from conclave.accounts.hook import open_accounts, process_for_account
 from conclave.accounts.reader import StoreAccountReader
-from conclave.agents.base import iso_ms
+from conclave.agents import REGISTRY
+from conclave.agents.registry import Registry
 from conclave.market.cache import CandleCache, RedisCache, make_cache
 from conclave.market.gateway import MarketGateway
 from conclave.market.sources import CandleSource, open_source
 from conclave.pipeline import AgentRunner, Pipeline, PipelineRun
-from conclave.settings import AGENT_NAMES, Settings
+from conclave.settings import Settings, check_agent_settings
+from conclave.timeframes import iso_ms
 
 log = structlog.get_logger(__name__)
 
@@ -113,17 +120,19 @@ class AgentEndpoint:
     port: int
 
 
-def agent_endpoints(settings: Settings, use_http: bool | None = None) -> list[AgentEndpoint]:
+def agent_endpoints(
+    settings: Settings, registry: Registry, use_http: bool | None = None
+) -> list[AgentEndpoint]:
     """Each agent's mode (request override, then per-agent setting, then the global one),
     service URL (its own, else the base URL plus its port) and port, in registry order."""
     return [
         AgentEndpoint(
             name,
             "http" if settings.agent_uses_http(name, use_http) else "local",
-            settings.agent_url(name),
-            settings.agents.ports[name],
+            settings.agent_url(name, registry),
+            settings.agent_port(name, registry),
         )
-        for name in AGENT_NAMES
+        for name in registry
     ]
 
 
@@ -158,13 +167,15 @@ class Runtime:
 
     ``now_ms`` is the wall clock (ms UTC), read at the edge: a run is as of the moment it
     is asked for. ``http_runner`` builds the runner of an agent called over HTTP from its
-    name and URL. Close with `aclose` (or ``async with``).
+    name and URL. ``registry`` lists the agents (`ConfigurationError` if the settings name
+    another). Close with `aclose` (or ``async with``).
     """
 
     def __init__(
         self,
         settings: Settings,
         *,
+        registry: Registry = REGISTRY,
         gateway: MarketGateway,
         cache: CandleCache,
         store: RunStoreLike,
@@ -172,7 +183,8 @@ class Runtime:
         now_ms: Callable[[], int],
         on_close: Callable[[], Any] | None = None,
     ) -> None:
-        self.settings = settings
+        self.settings = check_agent_settings(settings, registry)
+        self.registry = registry
         self.gateway = gateway
         self.cache = cache
         self.store = store
@@ -191,11 +203,15 @@ class Runtime:
         settings: Settings,
         *,
         now_ms: Callable[[], int],
+        registry: Registry = REGISTRY,
         source: CandleSource | None = None,
         store: RunStoreLike | None = None,
     ) -> Runtime:
-        """Open the store, the gateway and the shared agent client from ``settings``."""
+        """Open the store, the gateway and the shared agent client from ``settings``, for
+        the agents of ``registry``."""
         from conclave.pipeline.http_runner import AgentHttpClient, HttpRunner
+
+        check_agent_settings(settings, registry)  # before anything is opened
 
         gateway, cache = open_gateway(settings, now_ms=now_ms, source=source)
         try:
@@ -211,6 +227,7 @@ class Runtime:
 
         return cls(
             settings,
+            registry=registry,
             gateway=gateway,
             cache=cache,
             store=opened,
@@ -229,7 +246,7 @@ class Runtime:
 
     def endpoints(self, use_http: bool | None = None) -> list[AgentEndpoint]:
         """Every agent's mode, service URL and port for the request override ``use_http``."""
-        return agent_endpoints(self.settings, use_http)
+        return agent_endpoints(self.settings, self.registry, use_http)
 
     def deployment_mode(self) -> DeploymentMode:
         """``monolithic`` (all in process), ``microservices`` (all HTTP) or ``mixed``."""
@@ -243,7 +260,7 @@ class Runtime:
         runner = self._http_runners.get(name)
         if runner is None:
             runner = self._http_runners[name] = self._http_runner(
-                name, self.settings.agent_url(name)
+                name, self.settings.agent_url(name, self.registry)
             )
         return runner
 
@@ -255,6 +272,7 @@ class Runtime:
             p = self.settings.pipeline
             pipeline = self._pipelines[http] = Pipeline(
                 self.gateway,
+                registry=self.registry,
                 runners={name: self.runner(name) for name in http},
                 parallel=p.parallel,
                 executor=p.executor,
