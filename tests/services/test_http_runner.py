@@ -12,11 +12,10 @@ import orjson
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from conclave.agents import REGISTRY
-from conclave.agents.base import AgentInput
+from conclave.agents import REGISTRY, AgentInput
 from conclave.pipeline import LocalRunner, Pipeline, StepResult
 from conclave.pipeline.breaker import CircuitBreaker
-from conclave.pipeline.http_runner import BACKENDS, AgentHttpClient, Backend, HttpRunner
+from conclave.pipeline.http_runner import AgentHttpClient, HttpRunner
 from tests.services.helpers import (
     NOW_ISO,
     agent_process,
@@ -48,10 +47,9 @@ def sim_input() -> AgentInput:
     return asyncio.run(build())
 
 
-@pytest.fixture(params=BACKENDS)
-async def client(request: pytest.FixtureRequest) -> AsyncIterator[AgentHttpClient]:
-    backend: Backend = request.param
-    async with AgentHttpClient(backend=backend) as c:
+@pytest.fixture
+async def client() -> AsyncIterator[AgentHttpClient]:
+    async with AgentHttpClient() as c:
         yield c
 
 

@@ -1,55 +1,48 @@
 """`HttpRunner`: the `AgentRunner` that posts the context, data inline, to an agent service.
 
-All nine runners share ONE `AgentHttpClient`: one pooled keep-alive connection set, so a run
-costs nine requests on warm connections, never nine handshakes. Each call has the agent's
-timeout and no retry (RELIABILITY.md: the run is the retry unit). Nothing is raised for
-the agent's sake: every failure is a failed `StepResult` whose ``error`` starts with a
-reason code (C1 to C4), and never a score of 0:
+All nine runners share ONE `AgentHttpClient` (aiohttp): one pooled keep-alive connection
+set, so a run costs nine requests on warm connections, never nine handshakes. Each call has
+the agent's timeout and no retry of its own (RELIABILITY.md: the run is the retry unit), with
+one exception below the call: a request the server dropped before the first byte of its
+answer is sent once more on a new connection (see `AgentHttpClient.request`). Nothing is
+raised for the agent's sake: every failure is a failed `StepResult` whose ``error`` starts
+with a reason code (C1 to C4), and never a score of 0:
 
     connection_refused  nothing listens on the port (the process is gone)
     connect_error       the connection failed otherwise
     timeout             no complete answer within the timeout (status ``timeout``)
-    protocol_error      the peer broke HTTP (garbage, reset mid-response)
+    protocol_error      the peer broke HTTP (garbage, closed or reset before a complete
+                        answer, an answer over `MAX_ANSWER_BYTES`)
     http_5xx, http_4xx  the service answered an error status
     non_json            the body is not JSON
     invalid_values      JSON, but not the contract: out-of-range or non-finite score or
                         confidence, a missing field, another agent's answer
 
 An answer whose ``meta.status`` is not ``ok`` keeps that status and reason.
-
-The client library was chosen by ``benchmarks/http_mode.py`` (2-core VM, nine uvicorn
-agent services on loopback, the real 1h BTC contexts inline, 107 KB per run): see
-`DEFAULT_BACKEND` for the figures. Every backend stays selectable for that comparison.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from typing import Any, Literal, Protocol
+from typing import Any
 
+import aiohttp
 import orjson
+from aiohttp.client import IDEMPOTENT_METHODS
+from aiohttp.http import RawResponseMessage
 
-from conclave.agents.base import AgentInput
+from conclave.agents import AgentInput
 from conclave.pipeline.breaker import CircuitBreaker
 from conclave.pipeline.context import STEP_STATUSES, StepResult, StepStatus, valid_values
-from conclave.services.wire import encode_input
+from conclave.pipeline.wire import encode_input
 
-Backend = Literal["httptools", "aiohttp", "httpx2"]
-BACKENDS: tuple[Backend, ...] = ("httptools", "aiohttp", "httpx2")
-#: Measured by benchmarks/http_mode.py (full pipeline over nine local services, same run,
-#: 2-core VM shared with other jobs, load average 2.8-3.6, three runs), p50 and runs/s with
-#: 8 in flight: httptools (`conclave.pipeline.http_conn`) 6.6 ms / 163, 8.3 / 137,
-#: 7.9 / 157; aiohttp 7.8 / 129, 8.1 / 126, 11.0 / 147; httpx2 12.7 / 58, 19.6 / 44,
-#: 21.5 / 44. One sequential GET /health round trip: httptools 112 us (26 us of client
-#: CPU, 85 us of server CPU), aiohttp 230 us (114 us, 115 us), httpx2 743 us. On a
-#: quieter machine (load 1.5) after trimming the snapshot: httptools 5.03 ms / 272 runs/s,
-#: aiohttp 5.14 / 281, httpx2 8.28 / 80: the two first are alike when CPU is free, and
-#: httptools' lower client CPU is the margin when it is not.
-DEFAULT_BACKEND: Backend = "httptools"
 _JSON = {"content-type": "application/json", "accept": "application/json"}
 #: Seconds an idle pooled connection is kept; below the services' keep-alive (30 s).
 KEEPALIVE_S = 15.0
+#: The largest answer body read from an agent service (a few KB is normal).
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
 
 
 class AgentCallError(Exception):
@@ -58,6 +51,10 @@ class AgentCallError(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class _UnansweredError(Exception):
+    """The server closed or reset the connection before the first byte of its answer."""
 
 
 def _refused(exc: BaseException | None) -> bool:
@@ -71,110 +68,85 @@ def _refused(exc: BaseException | None) -> bool:
     return False
 
 
-class _Transport(Protocol):
-    async def request(
-        self, method: str, url: str, body: bytes | None, timeout_s: float
-    ) -> tuple[int, bytes]: ...
+def _nothing_read(exc: aiohttp.ClientError) -> bool:
+    """True when ``exc``, raised before the answer's headers, means no answer byte came.
 
-    async def aclose(self) -> None: ...
-
-
-class _AiohttpTransport:
-    def __init__(self, max_connections: int) -> None:
-        self._max = max_connections
-        self._session: Any = None
-
-    def _open(self) -> Any:
-        import aiohttp
-
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._max, keepalive_timeout=KEEPALIVE_S)
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
-        return self._session
-
-    async def request(
-        self, method: str, url: str, body: bytes | None, timeout_s: float
-    ) -> tuple[int, bytes]:
-        import aiohttp
-
-        session = self._open()
-        try:
-            async with session.request(
-                method,
-                url,
-                data=body,
-                headers=_JSON,
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
-            ) as resp:
-                return int(resp.status), bytes(await resp.read())
-        except TimeoutError as exc:
-            raise AgentCallError("timeout", f"no answer within {timeout_s * 1000:.0f} ms") from exc
-        except aiohttp.ClientConnectorError as exc:
-            refused = _refused(exc.os_error) or _refused(exc)
-            raise AgentCallError("connection_refused" if refused else "connect_error",
-                                 str(exc)) from exc  # fmt: skip
-        except (aiohttp.ClientError, OSError) as exc:
-            raise AgentCallError("protocol_error", f"{type(exc).__name__}: {exc}") from exc
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+    A clean close: aiohttp's C parser hands over the message it had begun, so a single
+    byte read shows (its pure-Python parser does not: there a cut status line passes for
+    nothing). A reset (ECONNRESET, EPIPE) before the headers counts as unanswered: it is
+    what a server does to a request that reached a connection it had already closed.
+    """
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return not isinstance(exc.message, RawResponseMessage)
+    connector = isinstance(exc, aiohttp.ClientConnectorError)  # no connection: not a drop
+    return not connector and isinstance(exc, aiohttp.ClientOSError | ConnectionResetError)
 
 
-class _Httpx2Transport:
-    def __init__(self, max_connections: int) -> None:
-        import httpx2
+async def _body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body (Content-Length, chunked or up to the close); refused over ``limit``.
 
-        limits = httpx2.Limits(
-            max_connections=max_connections,
-            max_keepalive_connections=max_connections,
-            keepalive_expiry=KEEPALIVE_S,
-        )
-        self._client = httpx2.AsyncClient(limits=limits, headers=_JSON, trust_env=False)
+    Raising leaves the rest unread, and aiohttp closes a connection released half-read:
+    it is never pooled, and no more than ``limit`` plus aiohttp's read-ahead (its flow
+    control stops reading at a few times 64 KiB) is ever held.
+    """
+    too_large = AgentCallError("protocol_error", f"answer larger than {limit} bytes")
+    if resp.content_length is not None:
+        if resp.content_length > limit:
+            raise too_large
+        return await resp.read()
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await resp.content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
-    async def request(
-        self, method: str, url: str, body: bytes | None, timeout_s: float
-    ) -> tuple[int, bytes]:
-        import httpx2
 
-        try:
-            resp = await self._client.request(method, url, content=body, timeout=timeout_s)
-        except httpx2.TimeoutException as exc:
-            raise AgentCallError("timeout", f"no answer within {timeout_s * 1000:.0f} ms") from exc
-        except httpx2.ConnectError as exc:
-            refused = _refused(exc)
-            raise AgentCallError("connection_refused" if refused else "connect_error",
-                                 str(exc)) from exc  # fmt: skip
-        except (httpx2.HTTPError, OSError) as exc:
-            raise AgentCallError("protocol_error", f"{type(exc).__name__}: {exc}") from exc
-        return resp.status_code, resp.content
+async def _exchange(
+    session: aiohttp.ClientSession, method: str, url: str, body: bytes | None, limit: int
+) -> tuple[int, bytes]:
+    """One request on ``session``: status and body; `_UnansweredError` if no answer byte came."""
+    headers_in = False
+    try:
+        async with session.request(
+            method, url, data=body, headers=_JSON, allow_redirects=False
+        ) as resp:
+            headers_in = True  # from here on, a failure is a broken answer: never resent
+            return resp.status, await _body(resp, limit)
+    except aiohttp.ClientError as exc:
+        if headers_in or not _nothing_read(exc):
+            raise
+        why = f"closed before any byte of an answer ({type(exc).__name__}: {exc})"
+        raise _UnansweredError(why) from exc
 
-    async def aclose(self) -> None:
-        await self._client.aclose()
+
+def _session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+    # no Accept-Encoding: bodies are read as sent (auto_decompress off); no User-Agent:
+    # fewer header bytes for the service to parse; our deadline is the only timeout
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        timeout=aiohttp.ClientTimeout(),
+    )
 
 
 class AgentHttpClient:
-    """The one pooled keep-alive HTTP client all runners of a process share.
+    """The one pooled keep-alive HTTP client (aiohttp) all runners of a process share.
 
-    ``backend`` picks the library (`DEFAULT_BACKEND` by measurement); ``max_connections``
-    covers nine services times eight runs in flight with room. Close with `aclose` (or
-    ``async with``).
+    ``max_connections`` covers nine services times eight runs in flight with room; an
+    answer over ``max_answer_bytes`` fails the call. Close with `aclose` (or ``async with``).
     """
 
-    def __init__(self, *, backend: Backend = DEFAULT_BACKEND, max_connections: int = 96) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-        self.backend = backend
-        self._transport: _Transport
-        if backend == "httptools":
-            from conclave.pipeline.http_conn import HttptoolsTransport
-
-            self._transport = HttptoolsTransport(max_connections, KEEPALIVE_S)
-        elif backend == "aiohttp":
-            self._transport = _AiohttpTransport(max_connections)
-        else:
-            self._transport = _Httpx2Transport(max_connections)
+    def __init__(
+        self, *, max_connections: int = 96, max_answer_bytes: int = MAX_ANSWER_BYTES
+    ) -> None:
+        self.max_connections = max_connections
+        self.max_answer_bytes = max_answer_bytes
+        self._pooled: aiohttp.ClientSession | None = None
+        self._fresh: aiohttp.ClientSession | None = None  # a new connection per request
 
     async def __aenter__(self) -> AgentHttpClient:
         return self
@@ -182,15 +154,63 @@ class AgentHttpClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    def _pool(self) -> aiohttp.ClientSession:
+        if self._pooled is None:
+            limit = self.max_connections
+            self._pooled = _session(
+                aiohttp.TCPConnector(limit=limit, keepalive_timeout=KEEPALIVE_S)
+            )
+        return self._pooled
+
+    def _new_connection(self) -> aiohttp.ClientSession:
+        if self._fresh is None:
+            self._fresh = _session(
+                aiohttp.TCPConnector(limit=self.max_connections, force_close=True)
+            )
+        return self._fresh
+
+    async def _send(self, method: str, url: str, body: bytes | None) -> tuple[int, bytes]:
+        limit = self.max_answer_bytes
+        try:
+            return await _exchange(self._pool(), method, url, body, limit)
+        except _UnansweredError:
+            if method in IDEMPOTENT_METHODS:  # aiohttp resends those itself, once
+                raise
+        return await _exchange(self._new_connection(), method, url, body, limit)
+
     async def request(
         self, method: str, url: str, body: bytes | None, *, timeout_s: float
     ) -> tuple[int, bytes]:
-        """Status and body of one call; `AgentCallError` when no HTTP answer came."""
-        return await self._transport.request(method, url, body, timeout_s)
+        """Status and body of one call; `AgentCallError` when no complete HTTP answer came.
+
+        A request the server drops before the first byte of its answer, the signature of
+        a keep-alive connection it closed while ours sat idle in the pool, is sent once
+        more on a new connection, inside the same ``timeout_s``; a second drop fails the
+        call. Nothing else is resent: not a timeout, not an error status, not an answer cut
+        short (an agent's ``/run`` has no side effects, so resending unanswered is safe).
+        aiohttp resends GET by itself (`ClientSession._request`: once, on the next pooled
+        connection) but never POST, so only POST is resent here.
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._send(method, url, body)
+        except TimeoutError as exc:
+            raise AgentCallError("timeout", f"no answer within {timeout_s * 1000:.0f} ms") from exc
+        except aiohttp.ClientConnectorError as exc:
+            refused = _refused(exc.os_error) or _refused(exc)
+            raise AgentCallError("connection_refused" if refused else "connect_error",
+                                 str(exc)) from exc  # fmt: skip
+        except _UnansweredError as exc:
+            raise AgentCallError("protocol_error", str(exc)) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise AgentCallError("protocol_error", f"{type(exc).__name__}: {exc}") from exc
 
     async def aclose(self) -> None:
-        """Close the pool."""
-        await self._transport.aclose()
+        """Close both pools."""
+        for session in (self._pooled, self._fresh):
+            if session is not None:
+                await session.close()
+        self._pooled = self._fresh = None
 
 
 def _error_message(raw: bytes) -> str:
