@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conclave import cli
-from conclave.cli_accounts import SHOW_KEYS
+from conclave.cli.accounts import SHOW_KEYS
 from conclave.market.sources import open_source
 from conclave.services.api import create_app
 from tests.services.test_api import _now_ms, assert_error, make_settings

@@ -11,8 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conclave import cli
-from conclave.agents import REGISTRY
-from conclave.agents.base import Agent
+from conclave.agents import REGISTRY, Agent
 from tests.backtest.test_checks import AnchoredMomentum, PeekingMomentum
 
 BTC_1H = "binance_BTCUSDT_1h_20170817-20221011.csv"
@@ -142,7 +141,7 @@ def test_a_failed_check_exits_1_after_printing_the_figures(
 ) -> None:
     """A momentum agent with an unbounded window fails parity; one that peeks at the next
     bar fails the lookahead check: exit 1 naming it, the JSON still printed."""
-    monkeypatch.setitem(REGISTRY, "momentum", agent)
+    monkeypatch.setattr("conclave.agents.REGISTRY", REGISTRY.replacing("momentum", agent))
     args = ["backtest", *_source(candles_dir), "--from", "2021-01-01", "--to", "2021-02-01"]
     result = runner.invoke(cli.app, [*args, "--json", *check])
     assert result.exit_code == 1, result.output

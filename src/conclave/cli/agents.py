@@ -15,16 +15,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from conclave.cli import CliState, _fail, app
+from conclave.agents import REGISTRY
+from conclave.cli.common import CliState, fail
 from conclave.services.agent_app import unknown_agent_message
-from conclave.settings import AGENT_NAMES
 
 agent_cli = typer.Typer(help="One agent as an HTTP service.", no_args_is_help=True)
 agents_cli = typer.Typer(
     help="The nine agent services as background processes.", no_args_is_help=True
 )
-app.add_typer(agent_cli, name="agent")
-app.add_typer(agents_cli, name="agents")
 
 ONLY_HELP = "Only this agent; repeat for more (default: all nine)."
 
@@ -33,8 +31,8 @@ def _check_names(state: CliState, names: list[str] | None) -> list[str] | None:
     # one INFO line per health probe from the HTTP client would drown the table
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     for name in names or []:
-        if name not in AGENT_NAMES:
-            _fail(state.err, unknown_agent_message(name), 2)
+        if name not in REGISTRY:
+            fail(state.err, unknown_agent_message(name, REGISTRY), 2)
     return names or None
 
 
@@ -50,13 +48,13 @@ def serve(
 
     state: CliState = ctx.obj
     settings = state.settings
-    if name not in AGENT_NAMES:
-        _fail(state.err, unknown_agent_message(name), 2)
+    if name not in REGISTRY:
+        fail(state.err, unknown_agent_message(name, REGISTRY), 2)
     if port is not None and not 0 < port < 65536:
-        _fail(state.err, f"--port: must be 1 to 65535, got {port}", 2)
+        fail(state.err, f"--port: must be 1 to 65535, got {port}", 2)
     # the same app from the lean entry, in this process's place: it does not carry the whole
     # command line's modules (121 MB resident instead of 84 MB, against a 120 MB budget)
-    exec_lean(name, port=port or settings.agents.ports[name],
+    exec_lean(name, port=port or settings.agent_port(name, REGISTRY),
               host=host or settings.agents.host, env_file=state.env_file)  # fmt: skip
 
 
@@ -81,7 +79,7 @@ def start(
                     f"{state.settings.logs_dir}/<agent>.log")  # fmt: skip
     failed = [r.name for r in results if r.status == "failed"]
     if failed:
-        _fail(state.err, f"failed to start: {', '.join(failed)}", 1)
+        fail(state.err, f"failed to start: {', '.join(failed)}", 1)
 
 
 @agents_cli.command("stop")
@@ -101,7 +99,7 @@ def stop(
         state.out.print(f"{r.name:<20} pid {r.pid:<8} {r.outcome}")
     stuck = [r.name for r in results if r.outcome == "survived"]
     if stuck:
-        _fail(state.err, f"still running after SIGKILL: {', '.join(stuck)}", 1)
+        fail(state.err, f"still running after SIGKILL: {', '.join(stuck)}", 1)
 
 
 @agents_cli.command("health")
@@ -125,4 +123,4 @@ def health(
     state.out.print(table)
     down = [r.name for r in rows if r.status != "ok"]
     if down:
-        _fail(state.err, f"down: {', '.join(down)}", 1)
+        fail(state.err, f"down: {', '.join(down)}", 1)

@@ -22,10 +22,10 @@ from typing import Annotated
 
 import typer
 
-from conclave.cli import SOURCE_HELP, CliState, _check_series, _fail, _run, app
+from conclave.cli.common import SOURCE_HELP, CliState, check_series, fail, run_or_fail
 from conclave.errors import InvalidRequestError
 from conclave.scheduler import Job, Outcome
-from conclave.scheduler.execute import build_scheduler, settings_jobs
+from conclave.services.execute import build_scheduler, settings_jobs
 from conclave.services.runtime import Runtime
 from conclave.settings import Settings
 from conclave.timeframes import Timeframe
@@ -64,11 +64,10 @@ def _only(
         return None
     if symbol is None or timeframe is None:
         raise InvalidRequestError("give --symbol and --timeframe together", field="symbol")
-    tf: Timeframe = _check_series(settings, spec, symbol, timeframe)
+    tf: Timeframe = check_series(settings, spec, symbol, timeframe)
     return Job(account, symbol, tf.name)
 
 
-@app.command("scheduler")
 def scheduler(
     ctx: typer.Context,
     once: Annotated[bool, typer.Option("--once", help="Run every due job once and exit.")] = False,
@@ -91,12 +90,12 @@ def scheduler(
     try:
         only = _only(settings, spec, account, symbol, timeframe)
     except InvalidRequestError as exc:
-        _fail(state.err, f"--{exc.field}: {exc}", 2)
+        fail(state.err, f"--{exc.field}: {exc}", 2)
     if only is None and not settings.scheduler.enabled:
-        _fail(state.err, "the scheduler is disabled (CONCLAVE_SCHEDULER__ENABLED=false)", 2)
+        fail(state.err, "the scheduler is disabled (CONCLAVE_SCHEDULER__ENABLED=false)", 2)
     if only is None and not once and not settings_jobs(settings.scheduler):
         state.err.print("scheduler: no jobs in settings; waiting for jobs added through the API")
-    outcomes = _run(state, _scheduler(settings, state, only, once))
+    outcomes = run_or_fail(state, _scheduler(settings, state, only, once))
     if not once:
         return
     if as_json:

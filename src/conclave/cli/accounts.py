@@ -18,13 +18,12 @@ import typer
 from rich.table import Table
 
 from conclave.accounts.service import AccountService, UnknownAccountError
-from conclave.cli import CliState, _fail, _run, app
+from conclave.cli.common import CliState, fail, run_or_fail
 from conclave.errors import InvalidRequestError
 
 T = TypeVar("T")
 accounts_app = typer.Typer(help="Paper accounts: create, list, show, pause, resume.",
                            no_args_is_help=True)  # fmt: skip
-app.add_typer(accounts_app, name="accounts")
 
 #: The keys ``accounts show --json`` prints, in this order (issue item 9).
 SHOW_KEYS = ("id", "name", "equity", "peakEquity", "drawdown", "riskLevel", "positions", "orders")
@@ -81,8 +80,8 @@ def create(
     )  # fmt: skip
     for bad, field, want in checks:
         if bad:
-            _fail(state.err, f"--{field}: expected {want}", 2)
-    account = _run(state, _with_service(state, lambda s: s.create(
+            fail(state.err, f"--{field}: expected {want}", 2)
+    account = run_or_fail(state, _with_service(state, lambda s: s.create(
         name, balance=balance, quote=quote, fee_rate=fee_rate, slippage=slippage)))  # fmt: skip
     _print(state, account, as_json)
 
@@ -94,7 +93,7 @@ def list_(
 ) -> None:
     """List the paper accounts."""
     state: CliState = ctx.obj
-    items = _run(state, _with_service(state, lambda s: s.list_accounts()))
+    items = run_or_fail(state, _with_service(state, lambda s: s.list_accounts()))
     if as_json:
         typer.echo(json.dumps({"items": items}, allow_nan=False))
         return
@@ -121,7 +120,7 @@ def show(
 ) -> None:
     """Show equity, peak, drawdown, risk level, positions and orders."""
     state: CliState = ctx.obj
-    account = _run(state, _with_service(state, lambda s: _get(s, account_id)))
+    account = run_or_fail(state, _with_service(state, lambda s: _get(s, account_id)))
     _print(state, account, as_json, SHOW_KEYS)
 
 
@@ -130,14 +129,14 @@ def _set_status(
 ) -> None:
     state: CliState = ctx.obj
     if not reason.strip():
-        _fail(state.err, "--reason: expected a reason", 2)
+        fail(state.err, "--reason: expected a reason", 2)
 
     async def act(s: AccountService) -> dict[str, Any]:
         await _get(s, account_id)
         change = s.resume if resume else s.pause
         return await change(account_id, reason, now_ms=state.now_ms())
 
-    _print(state, _run(state, _with_service(state, act)), as_json)
+    _print(state, run_or_fail(state, _with_service(state, act)), as_json)
 
 
 _REASON = typer.Option("--reason", help="Why (recorded with the event).")

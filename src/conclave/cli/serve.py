@@ -27,9 +27,10 @@ import typer
 import uvicorn
 from rich.console import Console
 
-from conclave.cli import CliState, _fail, app
+from conclave.agents import REGISTRY
+from conclave.cli.common import CliState, fail
 from conclave.errors import ConclaveError
-from conclave.settings import AGENT_NAMES, Settings
+from conclave.settings import Settings
 
 #: Seconds uvicorn gives in-flight requests on shutdown (RELIABILITY.md: 5-10 s).
 GRACEFUL_SHUTDOWN_S = 5
@@ -117,10 +118,9 @@ def _serve_blocking(state: CliState, settings: Settings, host: str, port: int) -
     try:
         asyncio.run(server.serve())
     except SystemExit:  # uvicorn exits when it cannot bind or its start-up fails
-        _fail(state.err, f"the orchestrator could not start on {host}:{port} (see above)", 1)
+        fail(state.err, f"the orchestrator could not start on {host}:{port} (see above)", 1)
 
 
-@app.command("serve")
 def serve(
     ctx: typer.Context,
     host: Annotated[str | None, typer.Option("--host", help="Default: CONCLAVE_API__HOST.")] = None,
@@ -190,7 +190,6 @@ async def _demo(
     await task
 
 
-@app.command("demo")
 def demo(
     ctx: typer.Context,
     host: Annotated[str | None, typer.Option("--host", help="Default: CONCLAVE_API__HOST.")] = None,
@@ -218,15 +217,14 @@ def demo(
             )
         )
     except (RuntimeError, TimeoutError, ConclaveError, OSError) as exc:
-        _fail(state.err, f"demo failed: {exc or type(exc).__name__}", 1)
+        fail(state.err, f"demo failed: {exc or type(exc).__name__}", 1)
     except SystemExit:
-        _fail(state.err, "the orchestrator could not start (see above; is the port in use?)", 1)
+        fail(state.err, "the orchestrator could not start (see above; is the port in use?)", 1)
 
 
 # -- up (local microservice mode) ----------------------------------------------------------
 
 
-@app.command("up")
 def up(
     ctx: typer.Context,
     host: Annotated[str | None, typer.Option("--host", help="Default: CONCLAVE_API__HOST.")] = None,
@@ -239,8 +237,8 @@ def up(
     s = state.settings
     settings = s.model_copy(update={"use_http_agents": True})
     bind_host, bind_port = host or s.api.host, s.api.port if port is None else port
-    state.out.print(f"starting the {len(AGENT_NAMES)} agent services ...")
-    results = procs.start_agents(settings, AGENT_NAMES)
+    state.out.print(f"starting the {len(REGISTRY)} agent services ...")
+    results = procs.start_agents(settings, REGISTRY.names)
     # stop exactly what this command started; services that were already up stay up
     mine = [r.name for r in results if r.status == "started"]
     try:
@@ -254,7 +252,7 @@ def up(
             )
         failed = [r.name for r in results if r.status == "failed"]
         if failed:
-            _fail(state.err, f"agent service(s) did not start: {', '.join(failed)}", 1)
+            fail(state.err, f"agent service(s) did not start: {', '.join(failed)}", 1)
         state.out.print("dashboard: not part of this version yet")
         _urls(state.out, bind_host, bind_port)
         _serve_blocking(state, settings, bind_host, bind_port)

@@ -17,13 +17,20 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from conclave.agents.base import iso_ms
-from conclave.cli import SOURCE_HELP, CliState, _check_series, _fail, _parse_instant, _run, app
-from conclave.errors import InvalidRequestError
+from conclave.cli.common import (
+    SOURCE_HELP,
+    CliState,
+    check_series,
+    fail,
+    open_news,
+    parse_instant,
+    run_or_fail,
+)
 from conclave.market.gateway import MarketGateway
 from conclave.market.sources import open_source
-from conclave.news.sources import NewsSource, open_news_source
+from conclave.news.sources import NewsSource
 from conclave.pipeline import Pipeline, PipelineRun, StepResult
+from conclave.timeframes import iso_ms
 
 #: Payload items that tell most about each agent's view (the table's "key evidence").
 KEY_EVIDENCE: dict[str, tuple[str, ...]] = {
@@ -115,9 +122,9 @@ async def _execute(
     one_file: bool,
     news: NewsSource | None = None,
 ) -> PipelineRun:
-    tf = _check_series(state.settings, spec, symbol, timeframe)
+    tf = check_series(state.settings, spec, symbol, timeframe)
     now_ms = state.now_ms()
-    as_of_ms = now_ms if as_of is None else _parse_instant(as_of, "as-of")
+    as_of_ms = now_ms if as_of is None else parse_instant(as_of, "as-of")
     source = open_source(spec, state.settings, now_ms=state.now_ms)
     gateway = MarketGateway(source, resample="resample" if one_file else "auto")
     try:
@@ -128,14 +135,6 @@ async def _execute(
         await gateway.aclose()
 
 
-def _open_news(state: CliState, spec: str) -> NewsSource:
-    try:
-        return open_news_source(spec)
-    except InvalidRequestError as exc:
-        _fail(state.err, f"--{exc.field}: {exc}", 2)
-
-
-@app.command("run")
 def run(
     ctx: typer.Context,
     symbol: Annotated[str, typer.Option("--symbol", help="Symbol, upper case (BTCUSDT).")],
@@ -157,8 +156,10 @@ def run(
     # one file holds one timeframe: the higher ones are built from it
     one_file = spec.startswith("file:") and Path(spec[5:]).expanduser().is_file()
     news_spec = news or state.settings.news.source
-    news_source = _open_news(state, news_spec) if news_spec else None
-    result = _run(state, _execute(state, spec, symbol, timeframe, as_of, one_file, news_source))
+    news_source = open_news(state, news_spec) if news_spec else None
+    result = run_or_fail(
+        state, _execute(state, spec, symbol, timeframe, as_of, one_file, news_source)
+    )
     if as_json:
         typer.echo(json.dumps(result.to_wire(), allow_nan=False))
     d = result.decision
@@ -166,6 +167,6 @@ def run(
         hint = ""
         if d.reason.startswith("stale_data") and as_of is None:
             hint = "; historical data needs --as-of ISO_TIME (e.g. --as-of 2022-10-11T11:00)"
-        _fail(state.err, f"no signal: {d.reason}{hint}", 1)
+        fail(state.err, f"no signal: {d.reason}{hint}", 1)
     if not as_json:
         _print_run(state.out, result)

@@ -1,147 +1,44 @@
-"""The ``conclave`` command line: a root app with one sub-app per area (``data`` for now).
+"""``conclave data show|fetch``: inspect one series of a source, fill the local candle store.
 
-This is an edge: settings are loaded here once, logging is configured here, and the clock is
-read here (``now_ms``) and passed down. Every expected failure prints one red line: bad input
-and bad settings exit 2, failures of a source exit 1; no tracebacks for either.
+``show`` prints rows, first and last open time, gaps and missing bars (``--json``: one JSON
+object); ``fetch`` adds only the bars newer than those stored, with progress on stderr.
+Registered on the root app by `conclave.cli`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from conclave.errors import ConclaveError, ConfigurationError, InvalidRequestError
-from conclave.logging import configure_logging
+from conclave.cli.common import (
+    SOURCE_HELP,
+    CliState,
+    check_series,
+    fail,
+    iso_utc,
+    parse_instant,
+    run_or_fail,
+)
+from conclave.errors import ConclaveError
 from conclave.market.candles import Candles
 from conclave.market.gateway import MarketGateway
 from conclave.market.sources import open_source
-from conclave.market.sources.base import MAX_LIMIT, check_symbol
+from conclave.market.sources.base import MAX_LIMIT
 from conclave.market.store import CandleStore, UpdateResult
 from conclave.market.validation import ValidationReport, check_fresh
-from conclave.settings import Settings, load_settings
 from conclave.timeframes import Timeframe
 
-T = TypeVar("T")
-
-app = typer.Typer(
-    name="conclave",
-    help="Conclave: multi-agent crypto trading signals.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
 data_app = typer.Typer(
     help="Market data: fetch candles into the local store, inspect a source.",
     no_args_is_help=True,
 )
-app.add_typer(data_app, name="data")
-
-SOURCE_HELP = (
-    "binance, ccxt:EXCHANGE, file:PATH, sim or sim:SEED (default: CONCLAVE_MARKET__SOURCE)"
-)
-
-
-def wall_clock_ms() -> int:
-    """Now, in ms since the epoch (UTC): the one clock the CLI reads."""
-    return time.time_ns() // 1_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class CliState:
-    """What every command receives from the root callback."""
-
-    settings: Settings
-    now_ms: Callable[[], int]
-    out: Console
-    err: Console
-    env_file: Path = Path(".env")
-
-
-def _fail(err: Console, message: str, code: int) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _run(state: CliState, coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro``; turn an expected failure into one red line and an exit code."""
-    try:
-        return asyncio.run(coro)
-    except InvalidRequestError as exc:
-        _fail(state.err, f"--{exc.field}: {exc}", 2)
-    except ConfigurationError as exc:
-        _fail(state.err, str(exc), 2)
-    except ConclaveError as exc:
-        _fail(state.err, f"{exc} [{exc.reason}]", 1)
-    except OSError as exc:
-        _fail(state.err, f"{type(exc).__name__}: {exc}", 1)
-
-
-@app.callback()
-def root(
-    ctx: typer.Context,
-    env_file: Annotated[
-        Path, typer.Option("--env-file", help="Settings file read after the environment.")
-    ] = Path(".env"),
-) -> None:
-    """Load settings once and configure logging for whichever command runs."""
-    err = Console(stderr=True)
-    try:
-        settings = load_settings(env_file)
-    except ConfigurationError as exc:
-        _fail(err, str(exc), 2)
-    configure_logging(settings.log_level, settings.log_json)
-    ctx.obj = CliState(settings, wall_clock_ms, Console(), err, env_file)
-
-
-def _parse_instant(value: str, field: str) -> int:
-    """An ISO 8601 date or date-time (UTC unless it says otherwise) as ms since the epoch."""
-    try:
-        dt = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidRequestError(
-            f"not an ISO 8601 date or date-time: {value!r} (e.g. 2024-01-31T12:00)", field=field
-        ) from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return round(dt.timestamp() * 1000)
-
-
-def _iso(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _check_series(settings: Settings, spec: str, symbol: str, timeframe: str) -> Timeframe:
-    """Validate symbol and timeframe before any I/O; files may hold any symbol or interval."""
-    check_symbol(symbol)
-    tf = Timeframe.parse(timeframe)
-    if not spec.startswith("file:"):
-        market = settings.market
-        if symbol not in market.symbols:
-            raise InvalidRequestError(
-                f"symbol {symbol} is not in the allowlist (CONCLAVE_MARKET__SYMBOLS):"
-                f" {', '.join(market.symbols)}",
-                field="symbol",
-            )
-        if tf.name not in market.timeframes:
-            raise InvalidRequestError(
-                f"timeframe {tf} is not in the allowlist (CONCLAVE_MARKET__TIMEFRAMES):"
-                f" {', '.join(market.timeframes)}",
-                field="timeframe",
-            )
-    return tf
 
 
 # -- data show -----------------------------------------------------------------------------
@@ -158,8 +55,8 @@ class _Shown:
 async def _load_for_show(
     state: CliState, spec: str, symbol: str, timeframe: str, limit: int | None, as_of: str | None
 ) -> _Shown:
-    tf = _check_series(state.settings, spec, symbol, timeframe)
-    as_of_ms = state.now_ms() if as_of is None else _parse_instant(as_of, "as-of")
+    tf = check_series(state.settings, spec, symbol, timeframe)
+    as_of_ms = state.now_ms() if as_of is None else parse_instant(as_of, "as-of")
     # a file is shown whole unless a limit is given; a live source shows its newest 500 bars
     n = limit if limit is not None else (MAX_LIMIT if spec.startswith("file:") else 500)
     source = open_source(spec, state.settings, now_ms=state.now_ms)
@@ -207,14 +104,14 @@ def _print_show(out: Console, shown: _Shown, spec: str, tail: int) -> None:
     rows = [
         ("source", spec + ("  (SIMULATED)" if s["simulated"] else "")),
         ("rows", f"{s['rows']:,}"),
-        ("first open (UTC)", _iso(s["first_open_ms"])),
-        ("last open (UTC)", _iso(s["last_open_ms"])),
+        ("first open (UTC)", iso_utc(s["first_open_ms"])),
+        ("last open (UTC)", iso_utc(s["last_open_ms"])),
         ("gaps", f"{s['gaps']:,}"),
         ("missing bars", f"{s['missing_bars']:,}"),
         ("duplicates merged", str(s["duplicates_merged"])),
         ("rejected rows", str(s["rejected"])),
         ("dropped unclosed", str(s["dropped_unclosed"])),
-        ("as of (UTC)", _iso(s["as_of_ms"])),
+        ("as of (UTC)", iso_utc(s["as_of_ms"])),
         ("fresh", "yes" if s["fresh"] else "[yellow]no (stale: no signal from it)[/]"),
     ]
     for name, value in rows:
@@ -227,7 +124,7 @@ def _print_show(out: Console, shown: _Shown, spec: str, tail: int) -> None:
             bars.add_column(name, justify="right")
         for i in range(len(last)):
             bars.add_row(
-                _iso(int(last.open_time[i]))[:16].replace("T", " "),
+                iso_utc(int(last.open_time[i]))[:16].replace("T", " "),
                 *(f"{float(getattr(last, k)[i]):,.8g}" for k in ("open", "high", "low", "close")),
                 f"{float(last.volume[i]):,.4f}",
             )
@@ -252,7 +149,7 @@ def show(
     """Show rows, first and last open time, gaps and missing bars of one series."""
     state: CliState = ctx.obj
     spec = source or state.settings.market.source
-    shown = _run(state, _load_for_show(state, spec, symbol, timeframe, limit, as_of))
+    shown = run_or_fail(state, _load_for_show(state, spec, symbol, timeframe, limit, as_of))
     if as_json:
         typer.echo(json.dumps(_summary(shown, spec)))
     else:
@@ -317,17 +214,17 @@ def fetch(
     state: CliState = ctx.obj
     spec = source or state.settings.market.source
     if fmt not in ("parquet", "csv"):
-        _fail(state.err, f"--format: expected parquet or csv, got {fmt!r}", 2)
+        fail(state.err, f"--format: expected parquet or csv, got {fmt!r}", 2)
     if limit < 1:
-        _fail(state.err, f"--limit: must be at least 1, got {limit}", 2)
+        fail(state.err, f"--limit: must be at least 1, got {limit}", 2)
 
     async def checked() -> list[UpdateResult]:
-        series = [(s, _check_series(state.settings, spec, s, t)) for s in symbol for t in timeframe]
-        since_ms = None if since is None else _parse_instant(since, "since")
+        series = [(s, check_series(state.settings, spec, s, t)) for s in symbol for t in timeframe]
+        since_ms = None if since is None else parse_instant(since, "since")
         store = CandleStore(store_dir or state.settings.market.store_dir, suffix=f".{fmt}")
         return await _fetch_all(state, spec, series, store, since_ms, limit)
 
-    results = _run(state, checked())
+    results = run_or_fail(state, checked())
     if as_json:
         series = [
             {**asdict(r), "path": str(r.path)} | {"simulated": spec.startswith("sim")}
@@ -351,23 +248,9 @@ def fetch(
     for r in results:
         table.add_row(
             r.symbol, r.timeframe, f"{r.added:,}", f"{r.rows:,}", str(r.requests),
-            _iso(r.first_open_ms)[:16], _iso(r.last_open_ms)[:16],
+            iso_utc(r.first_open_ms)[:16], iso_utc(r.last_open_ms)[:16],
         )  # fmt: skip
     state.out.print(table)
     if results:
         where = results[0].path.parent
         state.out.print(f"stored under {where}; read it back with --source file:{where}")
-
-
-def main() -> None:
-    """Entry point of the ``conclave`` script."""
-    app()
-
-
-# `conclave run` lives in its own module; importing it registers the command on `app`.
-from conclave import cli_accounts as _cli_accounts  # noqa: E402, F401
-from conclave import cli_agents as _cli_agents  # noqa: E402, F401
-from conclave import cli_backtest as _cli_backtest  # noqa: E402, F401
-from conclave import cli_run as _cli_run  # noqa: E402, F401
-from conclave import cli_scheduler as _cli_scheduler  # noqa: E402, F401
-from conclave import cli_serve as _cli_serve  # noqa: E402, F401

@@ -22,14 +22,22 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from conclave.agents.base import Agent
-from conclave.cli import SOURCE_HELP, CliState, _check_series, _fail, _parse_instant, _run, app
+from conclave.agents import Agent
+from conclave.cli.common import (
+    SOURCE_HELP,
+    CliState,
+    check_series,
+    fail,
+    open_news,
+    parse_instant,
+    run_or_fail,
+)
 from conclave.errors import InvalidRequestError
 from conclave.market.sources import open_source
 from conclave.pipeline.decision import ALL_AGENTS, ANALYSIS_AGENTS, RISK_AGENT, DecisionConfig
 
 if TYPE_CHECKING:  # the engine is imported when the command runs: `conclave agent serve`
-    from conclave.backtest.engine import BacktestSettings  # shares this CLI's import cost
+    from conclave.backtest.settings import BacktestSettings  # shares this CLI's import cost
 
 PHASES = {
     "agents": "agents (vectorized)",
@@ -160,7 +168,6 @@ def print_summary(out: Console, summary: Mapping[str, Any]) -> None:
     )
 
 
-@app.command("backtest")
 def backtest(
     ctx: typer.Context,
     symbol: Annotated[str, typer.Option("--symbol", help="Symbol, upper case (BTCUSDT).")],
@@ -215,7 +222,7 @@ def backtest(
     try:
         names = parse_agents(agents)
         config = decision_config(names, parse_weights(weights))
-        from conclave.backtest.engine import BacktestSettings
+        from conclave.backtest.settings import BacktestSettings
 
         # one file holds one timeframe: the higher ones are built from it (as `conclave run`)
         one_file = spec.startswith("file:") and Path(spec[5:]).expanduser().is_file()
@@ -230,14 +237,12 @@ def backtest(
             if path is not None and path.suffix.lower() not in kinds:
                 raise InvalidRequestError(f"{path} must end in {' or '.join(kinds)}", field=flag)
     except InvalidRequestError as exc:
-        _fail(state.err, f"--{exc.field}: {exc}", 2)
+        fail(state.err, f"--{exc.field}: {exc}", 2)
     news_source = None
     news_spec = news or state.settings.news.source
     if news_spec:
-        from conclave.cli_run import _open_news
-
-        news_source = _open_news(state, news_spec)
-    summary, failed = _run(
+        news_source = open_news(state, news_spec)
+    summary, failed = run_or_fail(
         state,
         _backtest(
             state, spec, symbol, timeframe, start, end, names, settings, news_source,
@@ -251,7 +256,7 @@ def backtest(
         for line in _check_lines(summary):
             state.out.print(line)
     if failed:
-        _fail(state.err, failed, 1)
+        fail(state.err, failed, 1)
 
 
 def _check_lines(summary: Mapping[str, Any]) -> list[str]:
@@ -295,16 +300,18 @@ async def _backtest(
     png: Path | None,
 ) -> tuple[dict[str, Any], str]:
     from conclave.agents import REGISTRY
+    from conclave.backtest.chart import plot_png
     from conclave.backtest.checks import check_lookahead as run_lookahead
     from conclave.backtest.checks import check_parity as run_parity
-    from conclave.backtest.engine import load_history, run_backtest
+    from conclave.backtest.engine import run_backtest
     from conclave.backtest.export import signals_table, trades_table, write_table
-    from conclave.backtest.report import plot_png, write_html
-    from conclave.backtest.report import summary as make_summary
+    from conclave.backtest.history import load_history
+    from conclave.backtest.report import write_html
+    from conclave.backtest.summary import summary as make_summary
 
-    tf = _check_series(state.settings, spec, symbol, timeframe)
-    start_ms = None if start is None else _parse_instant(start, "from")
-    end_ms = None if end is None else _parse_instant(end, "to")
+    tf = check_series(state.settings, spec, symbol, timeframe)
+    start_ms = None if start is None else parse_instant(start, "from")
+    end_ms = None if end is None else parse_instant(end, "to")
     if start_ms is not None and end_ms is not None and end_ms <= start_ms:
         raise InvalidRequestError("--to must be after --from", field="to")
     chosen: dict[str, Agent] = {n: REGISTRY[n]() for n in names}
