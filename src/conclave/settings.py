@@ -40,7 +40,13 @@ class _Section(BaseModel):
 
 
 class BinanceSettings(_Section):
-    """The Binance REST client: where it points and how politely it calls."""
+    """The Binance REST client: where it points, how politely it calls, how it keeps time.
+
+    ``time_*`` govern the exchange clock (`conclave.market.exchange_time`): the offset to
+    ``GET /api/v3/time`` is measured every ``time_refresh_s`` seconds, a sample whose round
+    trip exceeds ``time_max_rtt_ms`` is ignored, and ``/health`` warns when the offset
+    exceeds ``time_skew_warn_ms``.
+    """
 
     base_url: str = "https://api.binance.com"
     weight_limit_per_minute: int = Field(6000, gt=0)
@@ -51,6 +57,9 @@ class BinanceSettings(_Section):
     retry_base_s: float = Field(0.5, ge=0)
     retry_cap_s: float = Field(4.0, ge=0)
     deadline_s: float = Field(10.0, gt=0)
+    time_refresh_s: float = Field(60.0, gt=0, le=86_400)
+    time_max_rtt_ms: float = Field(1000.0, gt=0, le=60_000)
+    time_skew_warn_ms: float = Field(1000.0, gt=0)
 
     @property
     def weight_budget(self) -> int:

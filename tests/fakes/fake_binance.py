@@ -3,11 +3,17 @@
 A real HTTP/1.1 server (``ThreadingHTTPServer`` on 127.0.0.1, an ephemeral port, a daemon
 thread) that speaks Binance's wire format: ``GET /api/v3/klines`` served from a real candle
 CSV of ../shared/data (and the captured 1m klines response for BTCUSDT 1m), plus the captured
-``exchangeInfo``, ``time`` and ``ping`` answers. It sets ``X-MBX-USED-WEIGHT-1M``, records
-every request (time on its clock, path, params, client, weight, status) and can be programmed
+``exchangeInfo`` and ``ping`` answers. It sets ``X-MBX-USED-WEIGHT-1M``, records every
+request (time on its clock, path, params, client, weight, status) and can be programmed
 with `Fault` s, one-shot (``push``) or standing (``rule``): any status, headers such as
 ``Retry-After``, a raw body, a delay. It counts "would-ban" requests: those that arrive while
 a ``Retry-After`` it announced is still running.
+
+It keeps time like Binance: its server time is its wall clock (``wall_ms``, default the real
+one) plus a programmable ``skew_ms``; ``/api/v3/time`` answers it (in the captured format),
+and klines serve only bars that have opened by it, so the newest bar served may still be
+open, as on the real exchange. Each hit records the server time and how many of the rows it
+served were still open then (``open_rows``).
 
 The CSV has only open time and OHLCV; the other kline fields (close time, quote volume,
 trades, taker-buy volumes) are derived deterministically from them.
@@ -33,11 +39,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx2
 import numpy as np
-from hypothesis import strategies as st
 
 from conclave.timeframes import BINANCE_INTERVALS, Timeframe
 
 KLINES = "/api/v3/klines"
+TIME = "/api/v3/time"
 WEIGHTS = {"/api/v3/exchangeInfo": 20, "/api/v3/time": 1, "/api/v3/ping": 1}
 CLIENT_HEADER = "X-Test-Client"
 
@@ -69,6 +75,8 @@ class Hit:
     weight: int
     status: int
     inside_retry_after: bool
+    server_ms: int = 0
+    open_rows: int = 0
 
 
 @dataclass
@@ -123,7 +131,13 @@ def _raw_series(raw: list[list[Any]]) -> _Series:
 class FakeBinance:
     """The programmable fake; use ``with FakeBinance(shared_data).running() as stub:``."""
 
-    def __init__(self, shared_data: Path, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        shared_data: Path,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], int] | None = None,
+    ) -> None:
         captured = shared_data / "api" / "binance" / "captured"
         self.exchange_info = (
             captured / "spot_exchangeInfo_BTCUSDT_ETHUSDT_20211022.json"
@@ -131,9 +145,9 @@ class FakeBinance:
         self.captured_klines = (captured / "spot_klines_BTCUSDT_1m_20211022.json").read_bytes()
         self.answers = {
             "/api/v3/exchangeInfo": self.exchange_info,
-            "/api/v3/time": (captured / "spot_time.json").read_bytes(),
             "/api/v3/ping": (captured / "spot_ping.json").read_bytes(),
         }
+        self.time_format = (captured / "spot_time.json").read_text()
         self.symbols = {s["symbol"] for s in json.loads(self.exchange_info)["symbols"]}
         csv = shared_data / "candles" / "binance_BTCUSDT_1h_20170817-20221011.csv"
         self.series: dict[tuple[str, str], _Series] = {
@@ -141,6 +155,9 @@ class FakeBinance:
             ("BTCUSDT", "1m"): _raw_series(json.loads(self.captured_klines)),
         }
         self.clock = clock
+        self.wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
+        #: the server's clock minus the wall clock, ms (A8: programmable skew)
+        self.skew_ms = 0
         self.extra_weight = 0
         self.hits: list[Hit] = []
         self.would_ban = 0
@@ -219,6 +236,10 @@ class FakeBinance:
         with self._lock:
             return [h for h in self.hits if h.path == path and client in (None, h.client)]
 
+    def server_ms(self) -> int:
+        """The stub's server time: its wall clock plus ``skew_ms``."""
+        return self.wall_ms() + self.skew_ms
+
     def used_weight(self, now: float) -> int:
         """Weight used in the stub's current one-minute window (all clients, plus extra)."""
         window = int(now // 60)
@@ -230,7 +251,7 @@ class FakeBinance:
         url = urlsplit(req.path)
         params = dict(parse_qsl(url.query, keep_blank_values=True))
         client = req.headers.get(CLIENT_HEADER) or f"{req.client_address[0]}"
-        now = self.clock()
+        now, server_ms = self.clock(), self.server_ms()
         with self._lock:
             self.active += 1
             fault = None
@@ -239,12 +260,11 @@ class FakeBinance:
             elif self.rule is not None:
                 fault = self.rule(url.path, params)
         try:
-            if fault is None:
-                status, body, headers = self._answer(url.path, params)
-                delay = 0.0
-            else:
+            status, body, headers, open_rows = self._answer(url.path, params, server_ms)
+            delay = 0.0
+            if fault is not None:
                 status, headers, delay = fault.status, dict(fault.headers), fault.delay_s
-                body = fault.body if fault.body is not None else self._answer(url.path, params)[1]
+                body, open_rows = (body, open_rows) if fault.body is None else (fault.body, 0)
             weight = self._weight(url.path, params)
             with self._lock:
                 inside = now < self._announced_until
@@ -252,7 +272,10 @@ class FakeBinance:
                 if status in (418, 429) and "Retry-After" in headers:
                     until = now + float(headers["Retry-After"])
                     self._announced_until = max(self._announced_until, until)
-                self.hits.append(Hit(now, url.path, params, client, weight, status, inside))
+                hit = Hit(
+                    now, url.path, params, client, weight, status, inside, server_ms, open_rows
+                )
+                self.hits.append(hit)
                 used = self.used_weight(now)
             if delay and not self._wait(req, delay):
                 req.close_connection = True
@@ -302,16 +325,24 @@ class FakeBinance:
             return kline_weight(int(limit)) if limit.isdigit() else 1
         return WEIGHTS.get(path, 1)
 
-    def _answer(self, path: str, params: Mapping[str, str]) -> tuple[int, bytes, dict[str, str]]:
+    def _answer(
+        self, path: str, params: Mapping[str, str], server_ms: int
+    ) -> tuple[int, bytes, dict[str, str], int]:
+        """Status, body, headers and the rows served that are still open at ``server_ms``."""
+        if path == TIME:
+            body = json.loads(self.time_format) | {"serverTime": server_ms}
+            return 200, json.dumps(body).encode(), {}, 0
         if path in self.answers:
-            return 200, self.answers[path], {}
+            return 200, self.answers[path], {}, 0
         if path != KLINES:
-            return 404, b"<html><body>Not Found</body></html>", {"Content-Type": "text/html"}
-        return self._klines(params)
+            return 404, b"<html><body>Not Found</body></html>", {"Content-Type": "text/html"}, 0
+        return self._klines(params, server_ms)
 
-    def _klines(self, p: Mapping[str, str]) -> tuple[int, bytes, dict[str, str]]:
-        def error(code: int, msg: str) -> tuple[int, bytes, dict[str, str]]:
-            return 400, json.dumps({"code": code, "msg": msg}).encode(), {}
+    def _klines(
+        self, p: Mapping[str, str], server_ms: int
+    ) -> tuple[int, bytes, dict[str, str], int]:
+        def error(code: int, msg: str) -> tuple[int, bytes, dict[str, str], int]:
+            return 400, json.dumps({"code": code, "msg": msg}).encode(), {}, 0
 
         symbol, interval = p.get("symbol", ""), p.get("interval", "")
         if not symbol:
@@ -331,54 +362,16 @@ class FakeBinance:
             return error(-1130, "Data sent for parameter 'limit' is not valid.")
         series = self.series.get((symbol, interval))
         if series is None:
-            return 200, b"[]", {}
+            return 200, b"[]", {}, 0
         t = series.open_time
+        # bars that have not opened by the server's clock do not exist yet
+        end = min(numbers.get("endTime", 2**62), server_ms)
         lo = int(np.searchsorted(t, numbers.get("startTime", 0), side="left"))
-        hi = int(np.searchsorted(t, numbers.get("endTime", 2**62), side="right"))
+        hi = int(np.searchsorted(t, end, side="right"))
         i, j = (lo, min(hi, lo + limit)) if "startTime" in numbers else (max(lo, hi - limit), hi)
-        return 200, json.dumps(series.rows(i, j), separators=(",", ":")).encode(), {}
-
-
-# -- hostile bodies for A7 --------------------------------------------------------------------
-
-GOOD_ROW: list[Any] = [
-    1634943780000, "60685.22", "60729.84", "60670.90", "60719.27", "21.63272000",
-    1634943839999, "1313200.01340410", 617, "12.28492000", "745719.41022840", "0",
-]  # fmt: skip
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner),
-    max_leaves=12,
-)
-
-
-@st.composite
-def malformed_bodies(draw: st.DrawFn) -> bytes:
-    """Bodies a broken or hostile server might send (a hypothesis strategy); some are valid."""
-    kind = draw(st.integers(0, 7))
-    good = [list(GOOD_ROW) for _ in range(draw(st.integers(0, 5)))]
-    if kind == 0:
-        return draw(st.binary(max_size=200))
-    if kind == 1:
-        html = "<html><head><title>502 Bad Gateway</title></head><body>{}</body></html>"
-        return html.format(draw(st.text(max_size=50))).encode()
-    if kind == 2:
-        text = json.dumps(good)
-        return text[: draw(st.integers(0, max(0, len(text) - 1)))].encode()
-    if kind == 3:
-        return json.dumps(draw(json_values), allow_nan=True).encode()
-    if kind == 4 and good:
-        row = draw(st.sampled_from(good))
-        row[draw(st.integers(0, 11))] = draw(json_values)
-        return json.dumps(good, allow_nan=True).encode()
-    if kind == 5 and good:
-        row = draw(st.sampled_from(good))
-        del row[draw(st.integers(0, 11)) :]
-        return json.dumps(good).encode()
-    if kind == 6:
-        return json.dumps({"code": draw(st.integers(-2100, 0)), "msg": "x"}).encode()
-    return json.dumps(good).encode()
+        tf = Timeframe.parse(interval)
+        open_rows = sum(1 for k in range(i, j) if tf.close_time(int(t[k])) > server_ms)
+        return 200, json.dumps(series.rows(i, j), separators=(",", ":")).encode(), {}, open_rows
 
 
 class TaggedTransport(httpx2.AsyncBaseTransport):

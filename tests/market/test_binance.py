@@ -34,7 +34,7 @@ from conclave.market.sources.base import CandleSource
 from conclave.market.sources.binance import BinanceSource, kline_weight, parse_klines
 from conclave.settings import BinanceSettings
 from tests.fakes import FakeBinance, FakeClock, Fault
-from tests.fakes.fake_binance import GOOD_ROW, malformed_bodies
+from tests.market.hostile_bodies import GOOD_ROW, malformed_bodies
 
 CSV = "binance_BTCUSDT_1h_20170817-20221011.csv"
 

@@ -94,6 +94,36 @@ async def test_an_open_candle_a_source_returns_anyway_is_dropped() -> None:
     assert len(snap.base) == 24
 
 
+class BrokenRowsSource(GridSource):
+    """The grid with high below low on the bars opened at ``broken`` (ms), wherever asked."""
+
+    def __init__(self, broken: set[int]) -> None:
+        super().__init__()
+        self.broken = broken
+
+    async def get_candles(
+        self, symbol: str, timeframe: Timeframe | str, limit: int, end: int | None = None
+    ) -> Candles:
+        c = await super().get_candles(symbol, timeframe, limit, end)
+        bad = np.isin(c.open_time, list(self.broken))
+        high = np.where(bad, c.low - 1.0, c.high)
+        return Candles.from_arrays(symbol, c.timeframe, c.open_time, c.open, high, c.low,
+                                   c.close, c.volume, source=self.name)  # fmt: skip
+
+
+async def test_rows_validation_rejects_are_made_up_from_older_history() -> None:
+    """Three bad rows inside the window still leave ``limit`` valid bars (read again,
+    longer), so the live window holds what the backtest's does (parity on bad data)."""
+    last_open = Timeframe.parse("1h").floor(AS_OF) - HOUR_MS
+    broken = {last_open - k * HOUR_MS for k in (2, 5, 9)}
+    source = BrokenRowsSource(broken)
+    snap = await MarketGateway(source).snapshot("BTCUSDT", "1h", limit=24, as_of_ms=AS_OF)
+    assert len(snap.base) == 24
+    assert not np.isin(snap.base.open_time, list(broken)).any()
+    assert int(snap.base.open_time[-1]) == last_open
+    assert [c[2] for c in source.calls] == [25, 28]  # one read again, longer by the 3 lost
+
+
 async def test_auto_policy_resamples_a_short_higher_window_from_the_base() -> None:
     """With a base fetch big enough, 4h comes from the 1h bars: one request in all."""
     source = GridSource()

@@ -13,6 +13,12 @@ bucket, one for the still-open bucket, one for the still-open base bar), is at m
 ``max(limit, max_resample_bars)``: then one base request (one Binance page by default) serves
 both. Otherwise the higher timeframe is one more request, which is cheaper than paging
 through many base bars.
+
+A live source's exchange decides which bar has closed (RELIABILITY.md A8): when the source
+exposes an ``exchange_clock``, ``as_of_ms`` is capped at the exchange's now (local clock plus
+the measured offset), so a caller whose clock runs ahead never gets a bar the exchange still
+has open, and `MarketGateway.now_ms` gives callers "now" by that clock. Other sources keep
+the caller's clock.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Literal
 from conclave.errors import InvalidRequestError
 from conclave.market.cache import CachedSource, CandleCache
 from conclave.market.candles import Candles
+from conclave.market.exchange_time import exchange_clock_of
 from conclave.market.resample import resample
 from conclave.market.sources.base import MAX_LIMIT, CandleSource, check_limit, check_symbol
 from conclave.market.validation import ValidationReport, find_gaps, validate
@@ -55,6 +62,10 @@ class MarketSnapshot:
     def base(self) -> Candles:
         """The candles of the base timeframe."""
         return self.candles[self.timeframe]
+
+
+#: Times a window that lost rows to validation is read again, longer, to hold ``limit`` bars.
+REFILLS = 3
 
 
 def _bars_wanted(higher_limit: int | Mapping[str, int], tf: Timeframe, limit: int) -> int:
@@ -92,11 +103,21 @@ class MarketGateway:
     ) -> None:
         if resample not in ("auto", "fetch", "resample"):
             raise ValueError(f"unknown resample policy {resample!r}")
+        #: the live source's exchange clock; None: the caller's clock decides what has closed
+        self.exchange_clock = exchange_clock_of(source)
         self.source: CandleSource = (
             source if cache is None else CachedSource(source, cache, ttl_s=cache_ttl_s)
         )
         self._policy = resample
         self._max_resample_bars = max_resample_bars
+
+    async def now_ms(self, local_now_ms: int) -> int:
+        """Now in ms UTC for closed-candle decisions: ``local_now_ms`` plus the exchange's
+        measured offset for a live source (refreshed when due), else ``local_now_ms``."""
+        if self.exchange_clock is None:
+            return local_now_ms
+        await self.exchange_clock.sync()
+        return self.exchange_clock.to_exchange_ms(local_now_ms)
 
     def resample_plan(
         self,
@@ -138,7 +159,7 @@ class MarketGateway:
     ) -> MarketSnapshot:
         """The newest ``limit`` closed bars of ``timeframe`` (and ``higher_limit``, by default
         ``limit``, of each higher timeframe; a mapping gives it per timeframe name) as of
-        ``as_of_ms`` ms UTC.
+        ``as_of_ms`` ms UTC (for a live source at most the exchange's now).
 
         Raises `StaleDataError` when the data is stale and ``require_fresh`` is set, and
         `InvalidRequestError` (before any I/O) for a bad symbol, timeframe or limit.
@@ -164,6 +185,9 @@ class MarketGateway:
                 )
             highers.append(tf)
 
+        if self.exchange_clock is not None:
+            # nothing is closed that the exchange still has open, whatever our clock says
+            as_of_ms = min(as_of_ms, await self.exchange_clock.exchange_now_ms())
         base_limit, resampled = self.resample_plan(base, highers, limit, wanted)
         fetched = [tf for tf in highers if tf not in resampled]
         requests = [(base, base_limit)] + [
@@ -184,6 +208,16 @@ class MarketGateway:
         candles: dict[str, Candles] = {}
         reports: dict[str, ValidationReport] = {}
         base_full, base_report = validate(raw[base], as_of_ms, require_fresh=require_fresh)
+        for _ in range(REFILLS):  # rows validation removed are made up from older history
+            lost = len(base_report.rejected) + base_report.duplicates_merged
+            short = len(base_full) < limit and len(raw[base]) >= base_limit
+            if not lost or not short or base_limit >= MAX_LIMIT:
+                break
+            base_limit = min(base_limit + lost, MAX_LIMIT)
+            raw[base] = await self.source.get_candles(
+                symbol, base, base_limit, base.floor(as_of_ms)
+            )
+            base_full, base_report = validate(raw[base], as_of_ms, require_fresh=require_fresh)
         candles[base.name], reports[base.name] = _trim(base_full, base_report, limit)
         for tf in highers:
             if tf in resampled:

@@ -165,10 +165,12 @@ def open_gateway(
 class Runtime:
     """The long-lived parts of the orchestrator and the pipelines built over them.
 
-    ``now_ms`` is the wall clock (ms UTC), read at the edge: a run is as of the moment it
-    is asked for. ``http_runner`` builds the runner of an agent called over HTTP from its
-    name and URL. ``registry`` lists the agents (`ConfigurationError` if the settings name
-    another). Close with `aclose` (or ``async with``).
+    ``now_ms`` is the wall clock (ms UTC), read at the edge (kept as ``local_ms``); for a
+    live source the attribute ``now_ms`` is the exchange's clock (A8: plus the last measured
+    offset), and a run is as of the exchange's now. ``http_runner`` builds the runner of an
+    agent called over HTTP from its name and URL. ``registry`` lists the agents
+    (`ConfigurationError` if the settings name another). Close with `aclose` (or ``async
+    with``).
     """
 
     def __init__(
@@ -188,7 +190,11 @@ class Runtime:
         self.gateway = gateway
         self.cache = cache
         self.store = store
-        self.now_ms = now_ms
+        self.local_ms = now_ms
+        clock = gateway.exchange_clock
+        self.now_ms: Callable[[], int] = (
+            now_ms if clock is None else (lambda: clock.to_exchange_ms(now_ms()))
+        )
         self._http_runner = http_runner
         self._http_runners: dict[str, AgentRunner] = {}
         self._pipelines: dict[frozenset[str], Pipeline] = {}
@@ -289,8 +295,9 @@ class Runtime:
         Symbol and timeframe must have been checked already (the API's request model does
         it before any I/O); data problems end in a ``no_signal`` decision, not an exception.
         """
-        now = self.now_ms()
         async with asyncio.timeout(self.settings.pipeline.run_deadline_s):
+            # as of the exchange's now: a bar the exchange still has open is never used (A8)
+            now = await self.gateway.now_ms(self.local_ms())
             run = await self.pipeline(use_http).run(
                 account_id, symbol, timeframe, as_of_ms=now, now_iso=iso_ms(now)
             )
@@ -362,6 +369,10 @@ class Runtime:
             cache = {"backend": "memory", "status": "ok"}
         source = self.gateway.source
         exchange = {"source": source.name, "simulated": source.simulated, "status": "ok"}
+        if (clock := self.gateway.exchange_clock) is not None:  # A8: skew, warn above 1 s
+            exchange |= await clock.health(timeout_s=HEALTH_TIMEOUT_S)
+            if clock.skew_warning and exchange["status"] == "ok":
+                exchange["status"] = "warn"
         ok = db.get("status") == "ok" and cache["status"] == "ok"
         return {
             "status": "ok" if ok else "degraded",

@@ -30,22 +30,20 @@ def _invalid(spec: str, why: str) -> InvalidRequestError:
 def open_source(spec: str, settings: Settings, *, now_ms: Callable[[], int]) -> CandleSource:
     """Open the source named by ``spec``; raise `InvalidRequestError` for a bad spec.
 
-    ``now_ms`` is the wall clock in ms UTC, read at the edge; only the simulator uses it (to
-    know which bars exist yet).
+    ``now_ms`` is the wall clock in ms UTC, read at the edge: the simulator uses it to know
+    which bars exist yet, Binance's exchange clock as the local clock it measures against.
     """
     kind, sep, arg = spec.partition(":")
     if kind == "binance" and not sep:
+        from conclave.market.exchange_time import make_offset_store
         from conclave.market.ratelimit import make_limiter
         from conclave.market.sources.binance import BinanceSource
 
-        market = settings.market
-        limiter = make_limiter(
-            market.binance,
-            settings.redis_url,
-            key_prefix=market.cache.key_prefix,
-            redis_timeout_s=market.cache.redis_timeout_s,
-        )
-        return BinanceSource(market.binance, limiter=limiter)
+        market, url = settings.market, settings.redis_url
+        prefix, timeout_s = market.cache.key_prefix, market.cache.redis_timeout_s
+        limiter = make_limiter(market.binance, url, key_prefix=prefix, redis_timeout_s=timeout_s)
+        offsets = make_offset_store(url, key_prefix=prefix, redis_timeout_s=timeout_s)
+        return BinanceSource(market.binance, limiter=limiter, wall_ms=now_ms, offsets=offsets)
     if kind == "ccxt":
         if not arg.strip() or not arg.replace("_", "").isalnum():
             raise _invalid(spec, "ccxt needs an exchange id such as ccxt:kraken")

@@ -6,7 +6,8 @@ answer's ``X-MBX-USED-WEIGHT-1M`` is reported back to it. A 429 or 418 sets the 
 pause latch for ``Retry-After`` and raises at once; 5xx answers, connection errors and
 timeouts are retried with full jitter while the deadline leaves room for a whole attempt.
 Bodies are parsed strictly: anything but an array of 12-field kline rows with integer times
-and finite numbers is an `ExchangeDataError`, and redirects are never followed.
+and finite numbers is an `ExchangeDataError`, and redirects are never followed. The source's
+``exchange_clock`` keeps Binance's time (`conclave.market.exchange_time`, A8).
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ from conclave.errors import (
     UnknownSymbolError,
 )
 from conclave.market.candles import Candles
+from conclave.market.exchange_time import LocalClock, OffsetStore, wall_clock_ms
 from conclave.market.ratelimit import InProcessBackend, WeightLimiter
 from conclave.market.sources.base import check_request
+from conclave.market.sources.binance_time import binance_clock
 from conclave.settings import BinanceSettings
 from conclave.timeframes import Timeframe
 
@@ -175,7 +178,8 @@ def kline_weight(limit: int) -> int:
 
 
 class BinanceSource:
-    """Candles from Binance's public REST API (one pooled HTTP client per source)."""
+    """Candles from Binance's public REST API (one pooled HTTP client per source); its
+    ``exchange_clock`` is ``wall_ms`` + the offset to Binance, shared through ``offsets``."""
 
     name = "binance"
     simulated = False
@@ -189,6 +193,8 @@ class BinanceSource:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_ms: LocalClock = wall_clock_ms,
+        offsets: OffsetStore | None = None,
     ) -> None:
         self.settings = settings
         self.limiter = limiter or WeightLimiter(
@@ -204,6 +210,10 @@ class BinanceSource:
             follow_redirects=False,
             headers={"Accept": "application/json"},
         )
+        self.exchange_clock = binance_clock(
+            settings, offsets, send=self._send, refuse=self._refusal, observe=self._observe,
+            limiter=self.limiter, local_ms=wall_ms, mono=clock,
+        )  # fmt: skip
 
     def _timeout(self, remaining_s: float) -> httpx2.Timeout:
         s = self.settings
@@ -286,10 +296,10 @@ class BinanceSource:
         raise failure
 
     async def _send(
-        self, params: Mapping[str, str | int], remaining_s: float
+        self, params: Mapping[str, str | int], remaining_s: float, path: str = KLINES_PATH
     ) -> tuple[int, httpx2.Headers, bytes]:
         timeout = self._timeout(remaining_s)
-        async with self._client.stream("GET", KLINES_PATH, params=params, timeout=timeout) as resp:
+        async with self._client.stream("GET", path, params=params, timeout=timeout) as resp:
             if 300 <= resp.status_code < 400:
                 # a redirect is never followed and never trusted: the body is not read
                 return resp.status_code, resp.headers, b""
@@ -335,9 +345,10 @@ class BinanceSource:
         )
 
     async def aclose(self) -> None:
-        """Close the HTTP connection pool and the limiter's connections."""
+        """Close the HTTP connection pool and the limiter's and the clock's connections."""
         await self._client.aclose()
         await self.limiter.aclose()
+        await self.exchange_clock.aclose()
 
 
 def _retry_after(headers: httpx2.Headers) -> float:
