@@ -93,8 +93,8 @@ def test_volatility_regimes(last_vol: float, regime: str, mult: float) -> None:
 def test_statistical_edge_opposes_the_zscore(jump: float) -> None:
     """On a mean-reverting series a close far above the mean scores negative, below positive."""
     rng = np.random.default_rng(2)
-    x = np.zeros(300)
-    for i in range(1, 300):
+    x = np.zeros(700)  # the gate's ADF test needs 582 bars
+    for i in range(1, 700):
         x[i] = 0.7 * x[i - 1] + rng.normal()
     close = 100 + x
     close[-1] = 100 + jump
@@ -154,23 +154,24 @@ def walk_means(name: str, drift: float, phi: float = 1.0) -> tuple[F64, F64]:
 
 
 def test_statistical_edge_leans_against_the_drift_of_random_walks() -> None:
-    """It opposes the z-score, so in at least 90 % of 200 seeded walks it leans short on an
+    """It opposes the z-score, so in at least 75 % of 200 seeded walks it leans short on an
     upward drift (the close sits above its mean) and long on a downward one; without drift
-    it leans either way about equally (measured: 99.5 %, 98.5 % and 52 % short)."""
+    it leans either way about equally (measured: 82 %, 87.5 % and 49.5 % short; the mean is
+    over the last 138 bars only, as the ADF gate needs 582, hence the lower bar than 90 %)."""
     up, _ = walk_means("statistical-edge", DRIFT)
     down, _ = walk_means("statistical-edge", -DRIFT)
     flat, _ = walk_means("statistical-edge", 0.0)
-    assert np.mean(up < 0) >= 0.9
-    assert np.mean(down > 0) >= 0.9
+    assert np.mean(up < 0) >= 0.75
+    assert np.mean(down > 0) >= 0.75
     assert 0.35 <= np.mean(flat < 0) <= 0.65
 
 
 @pytest.mark.parametrize("drift", [DRIFT, 0.0, -DRIFT])
 def test_statistical_edge_distrusts_random_walks(drift: float) -> None:
     """A random walk, with or without drift, shows little mean reversion, so confidence is
-    low: a median below 25 (measured 13.2 up, 18.5 flat, 14.6 down) and under half of what
-    the same shocks earn as an AR(1) with phi 0.7 (measured 44.1), lower on every seed
-    (measured: at most 0.76 of it)."""
+    low: a median below 25 (measured 0 up, flat and down: the ADF gate stays shut on most
+    walks) and under half of what the same shocks earn as an AR(1) with phi 0.7 (measured
+    43.9), lower on every seed (measured: at most 0.97 of it)."""
     _, walk = walk_means("statistical-edge", drift)
     _, ar1 = walk_means("statistical-edge", 0.0, phi=0.7)
     assert np.median(walk) < 25

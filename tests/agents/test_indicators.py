@@ -119,20 +119,6 @@ def test_swing_points_match_a_direct_scan(candles: Candles) -> None:
     assert lo_idx.tolist() == ref_l
 
 
-def test_ar1_beta_matches_least_squares(candles: Candles) -> None:
-    """The rolling AR(1) slope equals numpy's least-squares fit on the same window."""
-    c = candles.close
-    beta = ind.ar1_beta(c, 100)
-    for t in samples(len(c), 101, 15):
-        y = c[t - 100 : t + 1]
-        slope = np.polyfit(y[:-1], np.diff(y), 1)[0]
-        assert abs(beta[t] - slope) <= 1e-9
-    hl = ind.half_life(np.array([-0.5, 0.1, -0.1]))
-    assert hl[0] == pytest.approx(1.0)
-    assert math.isinf(hl[1])
-    assert hl[2] == pytest.approx(6.5788, 1e-4)
-
-
 def test_range_queries_match_slices(candles: Candles) -> None:
     """Sparse-table range max/min equal slicing."""
     x = candles.high[:2000]

@@ -1,16 +1,27 @@
-"""statistical-edge: z-score of the close against its rolling mean, scaled by mean-reversion.
+"""statistical-edge: z-score of the close against its rolling mean, gated by a unit-root test.
 
-Method: ``z = (close - SMA(window)) / std(window)`` (population std); the score opposes it,
+Score: ``z = (close - SMA(window)) / std(window)`` (population std); the score opposes it,
 ``score = -clip(z / z_full, -1, 1)`` (a close 2 standard deviations above the mean is a full
-short signal by default). The evidence that the price mean-reverts at all comes from an
-AR(1) fit ``dclose = c + b * close[t-1]`` over the last ``ar_window`` bars (the discrete
-Ornstein-Uhlenbeck model; half-life ``-ln 2 / ln(1 + b)`` bars; Chan 2013, *Algorithmic
-Trading*, ch. 2; Uhlenbeck & Ornstein 1930).
+short signal by default).
 
-Confidence: ``100 * min(1, |z| / z_full) * reversion``, where ``reversion`` is 1 when the
-half-life is at most ``fast_half_life`` bars, 0 when b >= 0 or the half-life exceeds
-``slow_half_life``, linear in b between (b is compared directly: no logarithms per bar).
-Flat prices give z 0 and no fit: score 0, confidence 0 (B5).
+Gate: betting on a return to the mean needs evidence that the price reverts at all. An
+augmented Dickey-Fuller test (Dickey & Fuller 1979; Said & Dickey 1984) on LOG closes over
+the last ``adf_window`` rows (default 580), with a constant and ``adf_lags`` lagged
+differences (default 1), must reject a unit root at ``adf_size`` (default 5 %): the
+t-statistic of ``gamma`` below MacKinnon's (2010) constant-only critical value for
+``adf_window`` rows (-2.8665 for 580 rows at 5 %). On random walks the gate opens at about
+that size; 580 rows is about the shortest window that opens it at least 80 % of the time on
+Ornstein-Uhlenbeck series with half-lives of 5 to 20 bars (tests/agents/
+test_mean_reversion_gate.py measures both). The lagged difference absorbs first-order
+autocorrelation of returns (bid-ask bounce), which makes the plain Dickey-Fuller test reject
+far more often than its size. ``indicators.adf`` computes it point in time; the first
+usable bar is ``adf_window + adf_lags`` (``min_bars`` 582).
+
+Confidence: ``100 * min(1, |z| / z_full)`` when the gate is open, else 0. Evidence: the
+z-score, the ADF t-statistic and critical value, the log-price slope ``gamma`` of the ADF
+regression and its half-life ``-ln 2 / ln(1 + gamma)`` bars (the discrete
+Ornstein-Uhlenbeck model, Chan 2013, *Algorithmic Trading*, ch. 2). Flat prices give z 0
+and no test: score 0, confidence 0 (B5).
 """
 
 from __future__ import annotations
@@ -19,7 +30,7 @@ import math
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 
 from conclave.agents import indicators as ind
 from conclave.agents.base import Agent
@@ -28,39 +39,59 @@ from conclave.agents.outputs import SeriesOutput
 from conclave.agents.params import AgentParams
 from conclave.agents.scoring import finish, finish1, fnum
 
+ADF_WINDOW = 580  # regression rows: >= 80 % power at a 20-bar half-life (module docstring)
+ADF_LAGS = 1  # absorbs first-order return autocorrelation (bid-ask bounce)
+
 
 class StatisticalEdgeParams(AgentParams):
-    window: int = Field(20, ge=3)
-    ar_window: int = Field(100, ge=10)
-    z_full: float = Field(2.0, gt=0.0)
-    fast_half_life: float = Field(5.0, gt=0.0)
-    slow_half_life: float = Field(100.0, gt=0.0)
+    """z-score window and scale; the ADF gate's window (rows), lagged differences and size."""
 
-    @model_validator(mode="after")
-    def _ordered(self) -> StatisticalEdgeParams:
-        if not self.fast_half_life < self.slow_half_life:
-            raise ValueError("fast_half_life must be below slow_half_life")
-        return self
+    window: int = Field(20, ge=3, description="bars of the mean and std the z-score uses")
+    z_full: float = Field(2.0, gt=0.0, description="|z| that is a full signal")
+    adf_window: int = Field(
+        ADF_WINDOW,
+        ge=20,
+        description="gate: rows of the ADF regression on log closes (uses window + lags + 1 bars)",
+    )
+    adf_lags: int = Field(
+        ADF_LAGS, ge=0, le=10, description="gate: lagged differences in the ADF regression"
+    )
+    adf_size: float = Field(
+        0.05,
+        description="gate: test size, 0.01, 0.05 or 0.1; open when the ADF t-statistic is "
+        "below MacKinnon's (2010) constant-only critical value at this size (a random walk "
+        "passes this often)",
+    )
 
-
-def _beta_for(half_life: float) -> float:
-    """The AR(1) slope whose half-life is ``half_life`` bars."""
-    return float(2.0 ** (-1.0 / half_life)) - 1.0
+    @field_validator("adf_size")
+    @classmethod
+    def _tabulated(cls, v: float) -> float:
+        if v not in ind.MACKINNON_2010_TAU_C:
+            raise ValueError(f"adf_size must be one of {sorted(ind.MACKINNON_2010_TAU_C)}")
+        return v
 
 
 class StatisticalEdge(Agent):
-    """Mean-reversion z-score with AR(1) evidence (see module docstring)."""
+    """Mean-reversion z-score, trusted only where an ADF test rejects a random walk."""
 
     name: ClassVar[str] = "statistical-edge"
-    version: ClassVar[str] = "1.0.0"
-    description: ClassVar[str] = "Z-score against the rolling mean; AR(1) half-life scales it"
-    needs: ClassVar[Needs] = Needs(min_bars=101, lookback=101)
+    version: ClassVar[str] = "2.0.0"
+    description: ClassVar[str] = (
+        "Z-score against the rolling mean; an ADF unit-root test on log prices gates it"
+    )
+    needs: ClassVar[Needs] = Needs(
+        min_bars=ADF_WINDOW + ADF_LAGS + 1, lookback=ADF_WINDOW + ADF_LAGS + 1
+    )
     Params: ClassVar[type[AgentParams]] = StatisticalEdgeParams
     params: StatisticalEdgeParams
 
     def min_bars(self, timeframe: str) -> int:
         p = self.params
-        return max(p.window, p.ar_window + 1)
+        return max(p.window, p.adf_window + p.adf_lags + 1)
+
+    def critical(self) -> float:
+        """The ADF critical value the gate uses (MacKinnon 2010, constant only)."""
+        return ind.adf_critical(self.params.adf_window, self.params.adf_size)
 
     def compute(self, data: AgentInput) -> SeriesOutput:
         p = self.params
@@ -74,49 +105,49 @@ class StatisticalEdge(Agent):
         with np.errstate(invalid="ignore", divide="ignore"):
             z = np.where(live, dev / np.where(live, std, 1.0), 0.0)
         z[np.isnan(std)] = np.nan
-        beta = ind.ar1_beta(c, p.ar_window)
-        b_fast, b_slow = _beta_for(p.fast_half_life), _beta_for(p.slow_half_life)
-        reversion = np.clip((beta - b_slow) / (b_fast - b_slow), 0.0, 1.0)
-        reversion = np.where(np.isnan(beta), 0.0, reversion)
+        tstat, gamma = ind.adf(ind.log_prices(c), p.adf_window, p.adf_lags)
+        gate = tstat < self.critical()  # NaN (no test) is closed
         strength = np.clip(np.abs(z) / p.z_full, 0.0, 1.0)
         score = -np.clip(z / p.z_full, -1.0, 1.0)
-        conf = 100.0 * strength * reversion
+        conf = 100.0 * strength * gate
         score, conf = finish(score, conf, self.min_bars(data.timeframe) - 1)
         last = n - 1
-        return SeriesOutput(score, conf, self._evidence(z[last], mean[last], std[last], beta[last]))
+        return SeriesOutput(
+            score, conf, self._evidence(z[last], mean[last], std[last], tstat[last], gamma[last])
+        )
 
     def compute_last(self, data: AgentInput) -> SeriesOutput:
-        # the same sums (`indicators.sum_at`) and arithmetic on the last bar's windows only
+        # the same sums (`indicators.sum_at`, `adf_last`) and arithmetic on the last windows
         p = self.params
         c = data.candles.close
-        n, w, aw = c.shape[0], p.window, p.ar_window
+        n, w = c.shape[0], p.window
         mean = ind.sum_at(c, w, n - 1) / w
         dev_w = c[n - w :] - mean
         var = ind.pairwise_floats((dev_w * dev_w).tolist()) / w  # as `rolling_std`'s sums
         std = math.sqrt(var)
         dev = float(c[n - 1]) - mean
         z = dev / std if std > 1e-9 * abs(mean) else 0.0
-        prev = c[n - 1 - aw : n - 1]
-        dy = c[n - aw :] - prev
-        sx, sy, sxx, sxy = ind.sums_last(np.stack([prev, dy, prev * prev, prev * dy]), aw)
-        den = aw * sxx - sx * sx
-        num = aw * sxy - sx * sy
-        beta = num / den if den > 1e-12 * abs(aw * sxx) else math.nan
-        b_fast, b_slow = _beta_for(p.fast_half_life), _beta_for(p.slow_half_life)
-        rev = 0.0 if beta != beta else min(max((beta - b_slow) / (b_fast - b_slow), 0.0), 1.0)
+        need = p.adf_window + p.adf_lags + 1
+        tstat, gamma = ind.adf_last(ind.log_prices(c[n - need :]), p.adf_window, p.adf_lags)
         strength = min(max(abs(z) / p.z_full, 0.0), 1.0)
         score = -min(max(z / p.z_full, -1.0), 1.0)
-        s_, c_ = finish1(score, 100.0 * strength * rev)
-        return SeriesOutput(s_, c_, self._evidence(z, mean, std, beta))
+        gate = 1.0 if tstat < self.critical() else 0.0
+        s_, c_ = finish1(score, 100.0 * strength * gate)
+        return SeriesOutput(s_, c_, self._evidence(z, mean, std, tstat, gamma))
 
-    def _evidence(self, z: float, mean: float, std: float, beta: float) -> dict[str, Any]:
-        b = float(beta)
-        hl = -math.log(2.0) / math.log1p(b) if -1.0 < b < 0.0 else None
+    def _evidence(
+        self, z: float, mean: float, std: float, tstat: float, gamma: float
+    ) -> dict[str, Any]:
+        g = float(gamma)
+        hl = -math.log(2.0) / math.log1p(g) if -1.0 < g < 0.0 else None
+        crit = self.critical()
         return {
             "zscore": fnum(z),
             "mean": fnum(mean),
             "std": fnum(std),
-            "ar1_beta": fnum(b),
+            "adf_t": fnum(tstat),
+            "adf_critical": crit,
+            "log_slope": fnum(g),
             "half_life_bars": hl,
-            "mean_reverting": hl is not None and hl <= self.params.slow_half_life,
+            "mean_reverting": bool(tstat < crit),
         }

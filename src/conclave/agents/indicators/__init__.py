@@ -8,7 +8,7 @@ package re-exports the public functions of its modules:
 - `smoothing`: the exponential filter and Wilder's average, cut to a trailing window;
 - `wilder`: RSI and ATR (Wilder 1978);
 - `swings`: swing highs and lows, confirmed ``k`` bars later;
-- `mean_reversion`: the AR(1) slope and its half-life;
+- `mean_reversion`: a rolling augmented Dickey-Fuller test on log prices, the half-life;
 - `ta`: TA-Lib over the whole input (references and candlestick functions).
 
 Every helper returns a full-length float64 array, NaN where its trailing window is not yet
@@ -28,7 +28,14 @@ reference on the real candles to within 1e-9 (relative).
 
 from __future__ import annotations
 
-from conclave.agents.indicators.mean_reversion import ar1_beta, half_life
+from conclave.agents.indicators.mean_reversion import (
+    MACKINNON_2010_TAU_C,
+    adf,
+    adf_critical,
+    adf_last,
+    half_life,
+    log_prices,
+)
 from conclave.agents.indicators.rolling import (
     diff,
     percent_rank,
@@ -75,13 +82,17 @@ from conclave.agents.indicators.windows import _reduce as _reduce
 __all__ = [
     "F64",
     "I64",
+    "MACKINNON_2010_TAU_C",
     "Combine",
-    "ar1_beta",
+    "adf",
+    "adf_critical",
+    "adf_last",
     "atr",
     "diff",
     "exp_window_last",
     "exp_window_sum",
     "half_life",
+    "log_prices",
     "pairwise_floats",
     "pairwise_rows",
     "percent_rank",
