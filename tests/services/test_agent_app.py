@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,8 @@ async def test_info_describes_needs_parameters_and_schema() -> None:
     assert info["description"]
     assert info["timeframes"]
     assert info["lookback"]["1h"] >= info["needs"]["minBars"]
+    agent = REGISTRY["multi-timeframe"]()
+    assert info["minBars"] == {tf: agent.min_bars(tf) for tf in info["timeframes"]}
     assert info["higherTimeframes"]["1h"] == ["4h", "1d"]
     assert isinstance(info["parameters"], dict)
     assert info["parametersSchema"]["type"] == "object"
@@ -191,21 +193,40 @@ BAD_BODIES: list[tuple[str, bytes, int, str | None]] = [
     ("timeframe case", orjson.dumps({**IDS, "timeframe": "1H"}), 422, "timeframe"),
     ("account id object", orjson.dumps({**IDS, "accountId": {"x": 1}}), 422, "accountId"),
     ("inline without asOf", orjson.dumps(_inline(asOf=None)), 422, "asOf"),
-    ("strings for numbers", orjson.dumps(_inline(col_close=["1", "2"])), 422, "candles.1h.close"),
-    ("extra nesting", orjson.dumps(_inline(col_close=[[1.0], [2.0]])), 422, "candles.1h.close"),
+    (
+        "strings for numbers",
+        orjson.dumps(_inline(col_close=["1", "2"])),
+        422,
+        "candles.1h.close[0]",
+    ),
+    ("extra nesting", orjson.dumps(_inline(col_close=[[1.0], [2.0]])), 422, "candles.1h.close[0]"),
     ("short column", orjson.dumps(_inline(col_volume=[1.0])), 422, "candles.1h.volume"),
-    ("float times", orjson.dumps(_inline(col_openTime=[0.5, 1.5])), 422, "candles.1h.openTime"),
+    ("float times", orjson.dumps(_inline(col_openTime=[0.5, 1.5])), 422, "candles.1h.openTime[0]"),
     (
         "unsorted times",
         orjson.dumps(_inline(col_openTime=[3_600_000, 0])),
         422,
-        "candles.1h.openTime",
+        "candles.1h.openTime[1]",
+    ),
+    ("repeated time", orjson.dumps(_inline(col_openTime=[0, 0])), 422, "candles.1h.openTime[1]"),
+    ("null price", orjson.dumps(_inline(col_close=[1.0, None])), 422, "candles.1h.close[1]"),
+    ("NaN as text", orjson.dumps(_inline(col_high=[1.0, "NaN"])), 422, "candles.1h.high[1]"),
+    ("NaN literal", b'{"symbol":"BTCUSDT","candles":{"1h":{"open":[NaN]}}}', 400, "body"),
+    ("high below low", orjson.dumps(_inline(col_high=[1.0, 1.5])), 422, "candles.1h.high[1]"),
+    ("negative price", orjson.dumps(_inline(col_low=[-1.0, 2.0])), 422, "candles.1h.low[0]"),
+    ("zero open", orjson.dumps(_inline(col_open=[1.0, 0.0])), 422, "candles.1h.open[1]"),
+    ("negative volume", orjson.dumps(_inline(col_volume=[1.0, -2.0])), 422, "candles.1h.volume[1]"),
+    (
+        "taker above volume",
+        orjson.dumps(_inline(col_takerBuyVolume=[2.0, 1.0])),
+        422,
+        "candles.1h.takerBuyVolume[0]",
     ),
     ("unknown column", orjson.dumps(_inline(col_vwap=[1.0, 2.0])), 422, "candles.1h.vwap"),
     ("missing base", orjson.dumps(_inline(timeframe="4h")), 422, "candles.4h"),
     ("news not a list", orjson.dumps(_inline(news="x")), 422, "news"),
     ("account equity", orjson.dumps(_inline(account={"equity": [1.0]})), 422, "account.equity"),
-    ("ragged column", orjson.dumps(_inline(col_open=[1.0, [2.0]])), 422, "candles.1h.open"),
+    ("ragged column", orjson.dumps(_inline(col_open=[1.0, [2.0]])), 422, "candles.1h.open[1]"),
     ("asOf before 1970", orjson.dumps({**IDS, "asOf": "1900-01-01"}), 422, "asOf"),
     ("asOf far future", orjson.dumps({**IDS, "asOf": "9999-12-31T23:59:59-14:00"}), 422, "asOf"),
 ]
@@ -283,6 +304,5 @@ def test_unknown_agent_name_is_refused_with_a_suggestion() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _no_env_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _no_env_redis(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)
-    return

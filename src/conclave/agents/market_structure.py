@@ -55,19 +55,28 @@ class MarketStructureParams(AgentParams):
     trend_threshold: float = Field(0.25, gt=0.0, lt=1.0)
 
 
+def window_bars(p: MarketStructureParams) -> int:
+    """Bars a value reads: the longest average, the mid average ``slope_bars`` back, the
+    mean absolute change over ``mid`` changes, and the earliest swing in ``swing_window``
+    (known from the ``swing_k`` bars before it)."""
+    return max(p.fast, p.slow, p.mid + p.slope_bars, p.mid + 1, p.swing_window + p.swing_k)
+
+
 class MarketStructure(Agent):
     """Trend from SMA alignment and slope plus higher highs/lows (see module docstring)."""
 
     name: ClassVar[str] = "market-structure"
     version: ClassVar[str] = "1.0.0"
     description: ClassVar[str] = "Trend from moving-average alignment, slope and swing structure"
-    needs: ClassVar[Needs] = Needs(min_bars=200, lookback=200)
+    needs: ClassVar[Needs] = Needs(
+        min_bars=window_bars(MarketStructureParams()),
+        lookback=window_bars(MarketStructureParams()),
+    )
     Params: ClassVar[type[AgentParams]] = MarketStructureParams
     params: MarketStructureParams
 
     def min_bars(self, timeframe: str) -> int:
-        p = self.params
-        return max(p.slow, p.mid + p.slope_bars, p.swing_window + p.swing_k, p.mid + 1)
+        return window_bars(self.params)
 
     def compute(self, data: AgentInput) -> SeriesOutput:
         p = self.params

@@ -53,19 +53,28 @@ class MomentumParams(AgentParams):
     divergence_window: int = Field(60, ge=10)
 
 
+def window_bars(p: MomentumParams) -> int:
+    """Bars a value reads: the RSI window behind the slope's older end and behind the
+    earliest swing a divergence may use (``divergence_window - 1`` bars back, itself known
+    from the ``swing_k`` bars before it)."""
+    r = p.rsi_window
+    return max(r + p.slope_bars, r + p.divergence_window - 1, p.divergence_window + p.swing_k)
+
+
 class Momentum(Agent):
     """RSI zones, slope and divergences (see module docstring)."""
 
     name: ClassVar[str] = "momentum"
     version: ClassVar[str] = "1.0.0"
     description: ClassVar[str] = "Wilder RSI(14) zones, slope and regular divergences"
-    needs: ClassVar[Needs] = Needs(min_bars=310, lookback=310)
+    needs: ClassVar[Needs] = Needs(
+        min_bars=window_bars(MomentumParams()), lookback=window_bars(MomentumParams())
+    )
     Params: ClassVar[type[AgentParams]] = MomentumParams
     params: MomentumParams
 
     def min_bars(self, timeframe: str) -> int:
-        p = self.params
-        return p.rsi_window + max(p.slope_bars, p.divergence_window)
+        return window_bars(self.params)
 
     def compute(self, data: AgentInput) -> SeriesOutput:
         p = self.params

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any, ClassVar
 
 import numpy as np
@@ -33,7 +34,9 @@ from conclave.agents.scoring import finish, finish1, fnum, sgn1, sign_band, sign
 from conclave.errors import InsufficientDataError
 from conclave.market.candles import Candles
 from conclave.market.resample import resample
-from conclave.timeframes import Timeframe, iso_ms
+from conclave.timeframes import DAY_MS, Timeframe, iso_ms
+
+_HIGHER = (4, 24)
 
 
 class MultiTimeframeParams(AgentParams):
@@ -65,6 +68,43 @@ def _trend(close: F64, period: int, slope_bars: int, band: float) -> F64:
     return np.asarray(out, dtype=np.float64)
 
 
+@lru_cache(maxsize=64)
+def _most_days(months: int) -> int:
+    """The most days ``months`` consecutive calendar months hold (Gregorian, 400 years)."""
+    first = np.datetime64("2000-01", "M") + np.arange(400 * 12 + 1)
+    days = np.diff(first.astype("datetime64[D]").astype(np.int64))
+    total = np.convolve(days, np.ones(months, dtype=np.int64), mode="valid")
+    return int(total.max())
+
+
+def span_bars(base: Timeframe, higher: Timeframe, count: int) -> int:
+    """The most bars of ``base`` that ``count`` consecutive bars of ``higher`` hold (base
+    tiles higher; calendar months hold 28 to 31 days)."""
+    if higher.is_monthly and not base.is_monthly:
+        return _most_days(count * higher.count) * (DAY_MS // base.ms)
+    if higher.is_monthly:
+        return count * (higher.count // base.count)
+    return count * (higher.ms // base.ms)
+
+
+def window_bars(p: MultiTimeframeParams, timeframe: str, higher: tuple[str, ...]) -> int:
+    """Bars a value reads on ``timeframe``: the run's trend, and for each of ``higher`` the
+    bars of the ``higher_period + slope_bars`` closed higher bars its trend reads, the
+    partial one after them (all but its last base bar) and none before (the window starts
+    on a higher bar's first base bar: a partial first bucket is dropped)."""
+    base = Timeframe.parse(timeframe)
+    need = p.base_period + p.slope_bars
+    closed = p.higher_period + p.slope_bars
+    for name in higher:
+        need = max(need, span_bars(base, Timeframe.parse(name), closed + 1) - 1)
+    return need
+
+
+_DEFAULT_BARS = window_bars(
+    MultiTimeframeParams(), "1h", Needs(0, 0, _HIGHER).higher_timeframes("1h")
+)
+
+
 class MultiTimeframe(Agent):
     """Trend alignment across timeframes from closed bars only (see module docstring)."""
 
@@ -72,7 +112,7 @@ class MultiTimeframe(Agent):
     version: ClassVar[str] = "1.0.0"
     description: ClassVar[str] = "Trend alignment on the run's timeframe and two higher ones"
     needs: ClassVar[Needs] = Needs(
-        min_bars=390, lookback=390, higher=(4, 24), higher_in_lookback=True
+        min_bars=_DEFAULT_BARS, lookback=_DEFAULT_BARS, higher=_HIGHER, higher_in_lookback=True
     )
     Params: ClassVar[type[AgentParams]] = MultiTimeframeParams
     params: MultiTimeframeParams
@@ -88,14 +128,7 @@ class MultiTimeframe(Agent):
         return got
 
     def _min_bars(self, timeframe: str) -> int:
-        p = self.params
-        base = Timeframe.parse(timeframe)
-        need = p.base_period + p.slope_bars
-        for name in self.needs.higher_timeframes(base):
-            ratio = -(-Timeframe.parse(name).ms // base.ms)  # months: nominal 30 days
-            ratio = ratio + ratio // 10  # months and gaps: a margin of a tenth
-            need = max(need, (p.higher_period + p.slope_bars + 1) * ratio + ratio)
-        return need
+        return window_bars(self.params, timeframe, self.needs.higher_timeframes(timeframe))
 
     def _higher(self, data: AgentInput, name: str) -> Candles:
         given = data.higher.get(name)

@@ -55,6 +55,11 @@ def _ratio(num: F64, den: F64) -> F64:
     return np.asarray(out, dtype=np.float64)
 
 
+def window_bars(p: OrderFlowParams) -> int:
+    """Bars a value reads: ``confirm_bars`` pushes, each needing ``window`` earlier volumes."""
+    return p.window + p.confirm_bars
+
+
 class OrderFlow(Agent):
     """Volume-based confirmation of price moves (see module docstring)."""
 
@@ -63,13 +68,14 @@ class OrderFlow(Agent):
     description: ClassVar[str] = (
         "Relative volume, OBV trend, price-volume confirmation, taker share"
     )
-    needs: ClassVar[Needs] = Needs(min_bars=26, lookback=26)
+    needs: ClassVar[Needs] = Needs(
+        min_bars=window_bars(OrderFlowParams()), lookback=window_bars(OrderFlowParams())
+    )
     Params: ClassVar[type[AgentParams]] = OrderFlowParams
     params: OrderFlowParams
 
     def min_bars(self, timeframe: str) -> int:
-        p = self.params
-        return p.window + p.confirm_bars + 1
+        return window_bars(self.params)
 
     def compute(self, data: AgentInput) -> SeriesOutput:
         p = self.params
@@ -118,8 +124,9 @@ class OrderFlow(Agent):
         cd = data.candles
         n, w, k = len(cd), p.window, p.confirm_bars
         v = cd.volume[n - w - k :].tolist()  # w + k volumes, the last at index w + k - 1
-        c = cd.close[n - w - k - 1 :].tolist()
-        sg = [sgn1(c[i + 1] - c[i]) for i in range(w + k)]  # sign(dclose) per volume
+        c = cd.close[n - w - k :].tolist()
+        # sign(dclose) per volume; the first is never read (obv from k, pushes from w)
+        sg = [math.nan] + [sgn1(c[i] - c[i - 1]) for i in range(1, w + k)]
         ws = ind.window_sum
         vol_sum = ws(v[k:])
         obv_change = ws([sg[i] * v[i] for i in range(k, w + k)])

@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import talib
 from pydantic import Field
+from talib import abstract
 
 from conclave.agents import chart_last as cl
 from conclave.agents import chart_patterns as cp
@@ -52,6 +53,8 @@ CANDLES: dict[str, str] = {
 }
 _FUNCS = [getattr(talib, fn) for fn in CANDLES]
 _LABELS = list(CANDLES.values())
+#: Bars a candlestick reads: the bar completing it and TA-Lib's lookback before it.
+CANDLE_BARS = 1 + max(int(abstract.Function(fn).lookback) for fn in CANDLES)  # type: ignore[attr-defined]
 
 
 class PatternRecognitionParams(AgentParams):
@@ -68,19 +71,29 @@ class PatternRecognitionParams(AgentParams):
     candlesticks: bool = True
 
 
+def window_bars(p: PatternRecognitionParams) -> int:
+    """Bars a value reads: the ``horizon`` bars whose signals it sums, the oldest reading
+    back to its earliest swing in ``window`` (known from the ``swing_k`` bars before it)
+    or to the first bar of its longest candlestick."""
+    signal = max(p.window + p.swing_k, CANDLE_BARS if p.candlesticks else 1)
+    return signal + p.horizon - 1
+
+
 class PatternRecognition(Agent):
     """Confirmed candlestick and chart patterns (see module docstring)."""
 
     name: ClassVar[str] = "pattern-recognition"
     version: ClassVar[str] = "1.0.0"
     description: ClassVar[str] = "TA-Lib candlestick patterns and swing-point chart patterns"
-    needs: ClassVar[Needs] = Needs(min_bars=163, lookback=163)
+    needs: ClassVar[Needs] = Needs(
+        min_bars=window_bars(PatternRecognitionParams()),
+        lookback=window_bars(PatternRecognitionParams()),
+    )
     Params: ClassVar[type[AgentParams]] = PatternRecognitionParams
     params: PatternRecognitionParams
 
     def min_bars(self, timeframe: str) -> int:
-        p = self.params
-        return max(p.window + p.swing_k, p.breakout_bars + 1) + p.horizon + 10
+        return window_bars(self.params)
 
     def compute(self, data: AgentInput) -> SeriesOutput:
         p = self.params

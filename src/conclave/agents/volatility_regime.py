@@ -44,19 +44,26 @@ class VolatilityRegimeParams(AgentParams):
         return self
 
 
+def window_bars(p: VolatilityRegimeParams) -> int:
+    """Bars a value reads: ``rank_window`` ATRs, each over ``atr_window`` bars."""
+    return p.atr_window + p.rank_window - 1
+
+
 class VolatilityRegime(Agent):
     """ATR% percentile regime and a sizing multiplier (see module docstring)."""
 
     name: ClassVar[str] = "volatility-regime"
     version: ClassVar[str] = "1.0.0"
     description: ClassVar[str] = "ATR% percentile regime (low/normal/high/extreme); not directional"
-    needs: ClassVar[Needs] = Needs(min_bars=399, lookback=399)
+    needs: ClassVar[Needs] = Needs(
+        min_bars=window_bars(VolatilityRegimeParams()),
+        lookback=window_bars(VolatilityRegimeParams()),
+    )
     Params: ClassVar[type[AgentParams]] = VolatilityRegimeParams
     params: VolatilityRegimeParams
 
     def min_bars(self, timeframe: str) -> int:
-        p = self.params
-        return p.atr_window + p.rank_window - 1
+        return window_bars(self.params)
 
     def compute(self, data: AgentInput) -> SeriesOutput:
         return self._calc(data, len(data.candles))

@@ -13,13 +13,15 @@ One context, two forms (ARCHITECTURE.md, wire contract)::
      "source": "file", "simulated": false}
 
 Without ``candles`` the context carries ids only and the service resolves the data itself;
-with them the data is used as given. Columns are one JSON array per field (compact, and
-orjson writes numpy columns directly). Floats are written in their shortest round-trip form,
-so a decoded column equals the encoded one bit for bit. Decoding goes from ``orjson.loads``
-output straight into numpy, checking every field; the first problem raises `WireError`
-naming it (``candles.1h.close: expected a list of 450 numbers``). Unknown top-level keys
-are ignored (seed clients send extras); unknown keys inside ``candles``, ``news`` items and
-``account`` are errors.
+with them the data is used as of ``asOf``. Columns are one JSON array per field (compact,
+and orjson writes numpy columns directly). Floats are written in their shortest round-trip
+form, so a decoded column equals the encoded one bit for bit. Decoding goes from
+``orjson.loads`` output straight into numpy, checking every field; the first problem raises
+`WireError` naming it, down to the row (``candles.1h.close[17]: expected a number, got
+null``). Candle rows pass the gateway's row rules (`validation.reject_invalid_rows`): the
+first bad row is named with its column and rule (``candles.1h.high[17]: high below low``).
+Unknown top-level keys are ignored (seed clients send extras); unknown keys inside
+``candles``, ``news`` items and ``account`` are errors.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import orjson
 from conclave.agents import AccountRisk, AccountState, AgentInput
 from conclave.errors import InvalidRequestError, InvalidTimeframeError
 from conclave.market.candles import Candles
+from conclave.market.validation import reject_invalid_rows
 from conclave.news.headline import Headline
 from conclave.settings import SYMBOL_PATTERN
 from conclave.timeframes import Timeframe
@@ -57,13 +60,18 @@ _ACCOUNT_KEYS = frozenset(
     {"accountId", "equityTimeMs", "equity", "openExposure", "startOfDayEquity", "readable",
      "error", "risk"}
 )  # fmt: skip
-_RISK_KEYS = frozenset(
-    {"drawdownLimits", "dailyLossLimits", "maxExposure", "warnMultiplier", "reduceMultiplier",
-     "blockedReason"}
-)  # fmt: skip
+#: Wire name of each `AccountRisk` field.
+_RISK = {"drawdownLimits": "drawdown_limits", "dailyLossLimits": "daily_loss_limits",
+         "maxExposure": "max_exposure", "warnMultiplier": "warn_multiplier",
+         "reduceMultiplier": "reduce_multiplier", "blockedReason": "blocked_reason"}  # fmt: skip
+_RISK_KEYS = frozenset(_RISK)
 _NEWS_KEYS = frozenset({"publishedMs", "title", "source", "url", "assets"})
 ACCOUNT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 _MAX_TEXT = 2000
+#: The column a row rule names (`validation._invalid_checks`); prices are found per row.
+_RULE_COLUMN = {"high below low": "high", "high below open or close": "high",
+                "low above open or close": "low", "negative volume": "volume",
+                "bad taker-buy": "takerBuyVolume", "negative trade count": "trades"}  # fmt: skip
 
 
 class WireError(InvalidRequestError):
@@ -107,14 +115,8 @@ def _account(state: AccountState) -> dict[str, Any]:
 
 
 def _risk(risk: AccountRisk) -> dict[str, Any]:
-    return {
-        "drawdownLimits": list(risk.drawdown_limits),
-        "dailyLossLimits": list(risk.daily_loss_limits),
-        "maxExposure": risk.max_exposure,
-        "warnMultiplier": risk.warn_multiplier,
-        "reduceMultiplier": risk.reduce_multiplier,
-        "blockedReason": risk.blocked_reason,
-    }
+    values = {key: getattr(risk, attr) for key, attr in _RISK.items()}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 def _limits(value: Any, field: str) -> tuple[float, float, float]:
@@ -230,15 +232,21 @@ def _array(value: Any, field: str, *, integer: bool, length: int | None) -> Any:
     try:
         arr = np.array(value)
     except (ValueError, TypeError, OverflowError):  # ragged or nested lists, huge integers
-        raise WireError(field, f"expected a list of{size} {what}") from None
-    if arr.ndim != 1 or arr.dtype.kind not in ("i" if integer else "if"):
+        arr = np.zeros(0)
+    if arr.ndim != 1 or len(arr) != len(value) or arr.dtype.kind not in ("i" if integer else "if"):
+        _bad_item(value, field, integer)
         raise WireError(field, f"expected a list of{size} {what}")
     if integer:
         return arr.astype(np.int64, copy=False)
-    arr = arr.astype(np.float64, copy=False)
-    if not np.isfinite(arr).all():
-        raise WireError(field, "numbers must be finite")
-    return arr
+    return arr.astype(np.float64, copy=False)  # JSON has no NaN or infinity: all finite
+
+
+def _bad_item(value: list[Any], field: str, integer: bool) -> None:
+    """Raise `WireError` naming the first item of ``value`` that is not a JSON number."""
+    want, kinds = ("an integer", int) if integer else ("a number", int | float)
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, kinds):
+            raise WireError(f"{field}[{i}]", f"expected {want}, got {_kind(v)}")
 
 
 def _mapping(value: Any, field: str) -> Mapping[str, Any]:
@@ -263,13 +271,24 @@ def _candles(
             raise WireError(f"{field}.{key}", "missing")
     open_time = _array(obj["openTime"], f"{field}.openTime", integer=True, length=None)
     n = len(open_time)
-    if n > 1 and not bool((np.diff(open_time) > 0).all()):
-        raise WireError(f"{field}.openTime", "must be strictly ascending")
+    back = np.flatnonzero(np.diff(open_time) <= 0)
+    if back.size:
+        raise WireError(f"{field}.openTime[{int(back[0]) + 1}]", "not after the row before it")
     cols: dict[str, Any] = {"open_time": open_time}
     for name, key in COLUMNS.items():
         if name != "open_time" and key in obj:
             cols[name] = _array(obj[key], f"{field}.{key}", integer=key in _INT_COLUMNS, length=n)
-    return Candles.from_column_map(symbol, timeframe, cols, source=source, simulated=simulated)
+    candles = Candles.from_column_map(symbol, timeframe, cols, source=source, simulated=simulated)
+    _, rejected = reject_invalid_rows(candles)
+    if rejected:
+        row = int(np.searchsorted(open_time, rejected[0].open_time_ms))
+        rule = rejected[0].reason
+        column = _RULE_COLUMN.get(rule) or next(
+            (k for k in ("open", "high", "low", "close") if not obj[k][row] > 0), None
+        )
+        more = f" (and {len(rejected) - 1} more rows)" if len(rejected) > 1 else ""
+        raise WireError(f"{field}.{column}[{row}]" if column else f"{field}[{row}]", rule + more)
+    return candles
 
 
 def _news(value: Any) -> list[Headline] | None:
@@ -369,13 +388,6 @@ def decode_context(data: Any) -> WireContext:
         tf = check_timeframe(key, f"candles.{str(key)[:20]}")
         frames[tf] = _candles(value, f"candles.{tf}", symbol, tf, source, simulated)
     base = frames.pop(timeframe)
-    agent_input = AgentInput(
-        symbol=symbol,
-        timeframe=timeframe,
-        as_of_ms=as_of_ms,
-        candles=base,
-        higher=frames,
-        news=_news(obj.get("news")),
-        account=_account_state(obj.get("account")),
-    )
+    news, account = _news(obj.get("news")), _account_state(obj.get("account"))
+    agent_input = AgentInput(symbol, timeframe, as_of_ms, base, frames, news, account)
     return WireContext(account_id, symbol, timeframe, as_of_ms, agent_input)

@@ -3,7 +3,11 @@
 ``GET /health`` and ``GET /info`` describe the service; ``POST /run`` takes a context (see
 `conclave.pipeline.wire`) and answers exactly the agent's ``AgentResult.to_wire()``:
 
-- data inline: used as given (the orchestrator's `HttpRunner` sends what it fetched);
+- data inline: used as of ``asOf`` (`as_of_input`), checked as the gateway checks what it
+  fetches: a bad row is 422 naming it (`conclave.pipeline.wire`), bars not closed at
+  ``asOf`` and headlines published after it are left out, stale data is ``stale_data``,
+  and no bar closed by ``asOf`` is ``insufficient_data``. The orchestrator's `HttpRunner`
+  sends closed, fresh bars as of the run, so for it nothing is left out;
 - ids only: the service reads the data through its own `MarketGateway` (the configured
   source, behind the shared Redis cache when ``REDIS_URL`` is set), planned and assembled
   exactly as the in-process `Pipeline` does: news when a source is configured (none yet),
@@ -19,7 +23,9 @@ lookback of them all), so the service sees exactly what the orchestrator would s
 
 Symbol and timeframe are checked (pattern, then the allowlists for ids-only contexts)
 before any I/O. Data that cannot give a signal (stale, source down) is answered 200 with
-``meta.status`` ``stale_data`` or ``error`` and the reason, like any other failed step.
+``meta.status`` ``stale_data`` or ``error`` and the reason, like any other failed step; an
+agent with no input to speak from (news-sentiment without a news source) answers
+``no_data`` with its reason.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -47,6 +54,7 @@ from conclave.errors import (
 from conclave.market.cache import make_cache
 from conclave.market.gateway import MarketGateway
 from conclave.market.sources import open_source
+from conclave.market.validation import check_fresh, drop_unclosed
 from conclave.pipeline.orchestrator import Pipeline
 from conclave.pipeline.wire import WireContext, WireError, decode_context
 from conclave.services.http_common import (
@@ -70,8 +78,15 @@ _RUN_SCHEMA: dict[str, Any] = {
         "accountId": {"type": ["string", "null"]},
         "symbol": {"type": "string", "pattern": "^[A-Z0-9]{2,20}$"},
         "timeframe": {"type": "string"},
-        "asOf": {"type": ["integer", "string"], "description": "ms UTC or ISO 8601"},
-        "candles": {"type": "object", "description": "by timeframe, one array per field"},
+        "asOf": {
+            "type": ["integer", "string"],
+            "description": "ms UTC or ISO 8601; inline data is used as of it (later bars and "
+            "headlines left out)",
+        },
+        "candles": {
+            "type": "object",
+            "description": "by timeframe, one array per field; a bad row is 422 naming it",
+        },
         "news": {"type": ["array", "null"]},
         "account": {"type": ["object", "null"]},
     },
@@ -88,6 +103,33 @@ def unknown_agent_message(name: str, registry: Registry) -> str:
     near = registry.suggest(name)
     hint = f"; did you mean {near}?" if near else ""
     return f"unknown agent {name[:60]!r}{hint} (one of: {', '.join(registry)})"
+
+
+def as_of_input(agent_input: AgentInput, min_bars: int) -> AgentInput | tuple[Status, str]:
+    """An inline input as of its ``as_of_ms``, or the status and reason of no signal.
+
+    Bars of every timeframe whose close is after ``as_of_ms`` (the open one, any later) and
+    headlines published after it are left out, so the agent computes as of that instant
+    (`Agent.run` then reports the close of its last bar as ``as_of``). No bar of the run's
+    timeframe closed by then is ``insufficient_data`` (``min_bars`` needed); a timeframe
+    whose newest closed bar is older than `validation.check_fresh` allows is ``stale_data``.
+    """
+    as_of, tf = agent_input.as_of_ms, agent_input.timeframe
+    base, _ = drop_unclosed(agent_input.candles, as_of)
+    if len(base) == 0:
+        return "insufficient_data", (
+            f"needs {min_bars} closed bars of {tf}, got 0: none closed by asOf {iso_ms(as_of)}"
+        )
+    higher = {name: drop_unclosed(c, as_of)[0] for name, c in agent_input.higher.items()}
+    try:
+        for frame in (base, *higher.values()):
+            check_fresh(frame, as_of)
+    except StaleDataError as exc:
+        return "stale_data", f"{exc.reason}: {exc}"
+    news = agent_input.news
+    if news is not None and any(h.published_ms > as_of for h in news):
+        news = [h for h in news if h.published_ms <= as_of]
+    return replace(agent_input, candles=base, higher=higher, news=news)
 
 
 def _failed(agent: Agent, status: Status, reason: str, now_iso: str, took_ms: float) -> Any:
@@ -129,6 +171,7 @@ class _Service:
                 "news": needs["news"],
                 "account": needs["account"],
             },
+            "minBars": {tf: self.agent.min_bars(tf) for tf in timeframes},
             "lookback": {tf: self.agent.lookback(tf) for tf in timeframes},
             "higherTimeframes": {
                 tf: list(self.agent.needs.higher_timeframes(tf)) for tf in timeframes
@@ -175,13 +218,14 @@ class _Service:
     async def run(self, data: Any) -> Any:
         t0 = time.perf_counter()
         ctx = decode_context(data)
-        agent_input = ctx.agent_input
-        if agent_input is None:
+        if ctx.agent_input is None:
             resolved = await self.resolve(ctx)
-            if isinstance(resolved, tuple):
-                took = (time.perf_counter() - t0) * 1000.0
-                return _failed(self.agent, *resolved, iso_ms(self.now_ms()), took)
-            agent_input = resolved
+        else:
+            resolved = as_of_input(ctx.agent_input, self.agent.min_bars(ctx.timeframe))
+        if isinstance(resolved, tuple):
+            took = (time.perf_counter() - t0) * 1000.0
+            return _failed(self.agent, *resolved, iso_ms(self.now_ms()), took)
+        agent_input = resolved
         now_iso = iso_ms(self.now_ms())
         try:
             return self.agent.run(agent_input, now_iso=now_iso).to_wire()
