@@ -108,6 +108,27 @@ def test_html_report(tmp_path: Path) -> None:
     assert "https://" not in text
 
 
+def test_html_report_shows_the_score_correlation_coloured(tmp_path: Path) -> None:
+    """A table of the directional agents' pairwise correlation: blue for positive, red for
+    negative, opacity |r|, a dash where undefined."""
+    n = 200
+    x = np.tanh(np.random.default_rng(5).normal(size=n))
+    res = make_result(100.0 + np.arange(n), agents=[
+        agent("market-structure", x),
+        agent("multi-timeframe", 0.8 * x),
+        agent("statistical-edge", -x),
+        agent("news-sentiment", np.zeros(n), usable=np.zeros(n, dtype=bool)),
+    ])  # fmt: skip
+    text = write_html(res, tmp_path / "c.html").read_text(encoding="utf-8")
+    section = text[text.index("<h2>Score correlation</h2>") : text.index("<h2>Gaps</h2>")]
+    assert section.count("<tr>") == 5  # the header and four agents
+    blue = 'style="background: rgba(33, 102, 172, 1.00); color: #fff" title="r = 1.0000">+1.00<'
+    red = 'style="background: rgba(178, 24, 43, 1.00); color: #fff" title="r = -1.0000">-1.00<'
+    assert blue in section
+    assert red in section
+    assert '<td class="muted">—</td>' in section  # news-sentiment never had data
+
+
 def test_html_simulated_no_gaps_many_trades(tmp_path: Path) -> None:
     base = _result(n=400, n_fills=130)
     res = make_result(

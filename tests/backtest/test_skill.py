@@ -13,6 +13,7 @@ from conclave.backtest.skill import (
     agent_skill,
     next_returns,
     rankdata,
+    score_correlation,
     score_skill,
     spearman,
 )
@@ -194,3 +195,42 @@ def test_skill_and_performance_of_a_long_run() -> None:
     stat = _by_name(skills, "statistical-edge")  # built with the most skill
     assert stat.ic is not None
     assert stat.ic > 0.3
+
+
+def test_score_correlation_over_bars_where_both_are_usable() -> None:
+    """Pearson's r of two directional agents' scores over the bars both are usable, by
+    hand; the same vote cast twice is 1, a mirrored one -1; non-directional agents and an
+    agent that never had data are left out or None."""
+    close = _walk(8)
+    x = np.array([0.1, 0.4, -0.2, 0.3, 0.0, -0.5, 0.9, 5.0])
+    y = np.array([0.2, 0.1, -0.4, 0.5, 0.1, -0.3, 0.7, -9.0])
+    usable = np.array([True] * 7 + [False])  # the wild last pair is never compared
+    res = make_result(close, agents=[
+        agent("market-structure", x, usable=usable),
+        agent("multi-timeframe", x, usable=np.ones(8, dtype=bool)),
+        agent("momentum", y, usable=usable),
+        agent("statistical-edge", -x, usable=usable),
+        agent("news-sentiment", np.zeros(8), usable=np.zeros(8, dtype=bool)),
+        agent("volatility-regime", y),
+    ])  # fmt: skip
+    m = score_correlation(res)
+    assert list(m) == ["market-structure", "momentum", "news-sentiment", "multi-timeframe",
+                       "statistical-edge"]  # fmt: skip
+    xs, ys = x[:7] - x[:7].mean(), y[:7] - y[:7].mean()
+    want = float(xs @ ys / np.sqrt((xs @ xs) * (ys @ ys)))
+    assert m["market-structure"]["momentum"] == pytest.approx(want, abs=1e-12)
+    assert m["momentum"]["market-structure"] == m["market-structure"]["momentum"]
+    assert m["market-structure"]["multi-timeframe"] == pytest.approx(1.0)
+    assert m["market-structure"]["statistical-edge"] == pytest.approx(-1.0)
+    assert m["market-structure"]["market-structure"] == pytest.approx(1.0)
+    assert m["news-sentiment"]["momentum"] is None
+    assert m["news-sentiment"]["news-sentiment"] is None
+    assert json.loads(json.dumps(m)) == m
+
+
+def test_score_correlation_is_none_for_a_constant_score() -> None:
+    """A constant score has no correlation (not rounding noise around 0)."""
+    close = _walk(50)
+    res = make_result(close, agents=[agent("momentum", np.full(50, 0.1)),
+                                     agent("order-flow", np.linspace(-1, 1, 50))])  # fmt: skip
+    assert score_correlation(res)["momentum"]["order-flow"] is None

@@ -109,10 +109,10 @@ def _agent_run(news: list[Headline] | None, n: int = 48):  # type: ignore[no-unt
 
 
 def test_no_source_means_confidence_zero_and_why() -> None:
-    """Without a news source the agent answers confidence 0 and says why."""
+    """Without a news source the agent has no data: status no_data, confidence 0, and why."""
     res, _ = _agent_run(None)
     assert (res.score, res.confidence) == (0.0, 0.0)
-    assert res.status == "ok"
+    assert res.status == "no_data"
     assert "no news source" in res.reason
 
 

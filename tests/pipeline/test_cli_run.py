@@ -71,7 +71,8 @@ def test_historical_file_without_as_of_is_stale_and_suggests_it(
 
 @pytest.mark.shared_data
 def test_historical_file_with_as_of_decides(runner: CliRunner, candles_dir: Path) -> None:
-    """One real BTC 1h file with --as-of: higher timeframes built from it, all nine ok."""
+    """One real BTC 1h file with --as-of: higher timeframes built from it, eight ok and
+    news-sentiment no_data (no news source)."""
     src = f"file:{candles_dir / BTC_1H}"
     args = ["run", "--symbol", "BTCUSDT", "--timeframe", "1h", "--source", src,
             "--as-of", "2022-10-11T11:00", "--json"]  # fmt: skip
@@ -80,7 +81,8 @@ def test_historical_file_with_as_of_decides(runner: CliRunner, candles_dir: Path
     out = json.loads(result.stdout)
     assert out["asOf"] == "2022-10-11T11:00:00.000Z"
     assert out["simulated"] is False
-    assert all(s["meta"]["status"] == "ok" for s in out["steps"].values())
+    statuses = {a: s["meta"]["status"] for a, s in out["steps"].items()}
+    assert statuses == {a: "no_data" if a == "news-sentiment" else "ok" for a in statuses}
     assert out["decision"]["status"] == "ok"
 
 

@@ -60,14 +60,18 @@ def comparable(run: PipelineRun) -> dict[str, object]:
 
 
 async def test_sim_run_records_all_nine_steps_and_fetches_each_series_once() -> None:
-    """One run: each (symbol, timeframe) fetched once, nine ok steps with durations."""
+    """One run: each (symbol, timeframe) fetched once, nine steps with durations: eight ok,
+    news-sentiment no_data (no news source)."""
     gateway, source = sim_gateway()
     async with Pipeline(gateway) as pipe:
         run = await pipe.run("acct-1", "BTCUSDT", "1h", as_of_ms=SIM_AS_OF, now_iso=NOW_ISO)
     assert source.calls, "nothing fetched"
     assert all(n == 1 for n in source.calls.values()), source.calls
     assert list(run.steps) == list(ALL_AGENTS)
-    assert all(s.status == "ok" and s.duration_ms > 0 for s in run.steps.values())
+    assert all(s.duration_ms > 0 for s in run.steps.values())
+    assert {a: s.status for a, s in run.steps.items()} == {
+        a: "no_data" if a == "news-sentiment" else "ok" for a in ALL_AGENTS
+    }
     assert run.simulated is True
     assert run.degraded is False
     assert run.decision.status == "ok"
@@ -92,7 +96,8 @@ async def test_real_btc_file_one_fetch_per_series_and_sequential_equals_parallel
         assert source.calls[("BTCUSDT", "1h")] == 1
         assert set(source.calls) <= {("BTCUSDT", tf) for tf in ("1h", "4h", "1d")}
         assert all(n == 1 for n in source.calls.values())
-        assert all(s.ok for s in run.steps.values()), run.missing_agents
+        assert all(s.ok for a, s in run.steps.items() if a != "news-sentiment"), run.missing_agents
+        assert run.steps["news-sentiment"].status == "no_data"  # no news source
         assert run.simulated is False
         results.append(comparable(run))
     assert results[0] == results[1] == results[2]
@@ -152,7 +157,7 @@ async def test_an_agent_past_its_timeout_is_status_timeout(executor: ExecutorKin
     assert (slow.status, slow.score) == ("timeout", None)
     assert "timeout" in slow.error
     assert run.missing_agents == ("momentum",)
-    assert all(s.ok for n, s in run.steps.items() if n != "momentum")
+    assert all(s.ok for n, s in run.steps.items() if n not in ("momentum", "news-sentiment"))
 
 
 @pytest.mark.shared_data

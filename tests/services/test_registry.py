@@ -6,7 +6,6 @@ and the decision all read the agents, their ports and their roles from the regis
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -148,26 +147,26 @@ async def test_the_orchestrator_lists_and_runs_the_tenth(tmp_path: Path) -> None
     run = resp.json()
     assert list(run["steps"]) == list(TEN)
     assert run["steps"]["tenth"]["score"] == 1.0
-    assert run["decision"]["quorum"]["healthy"] == 9
+    assert run["decision"]["quorum"]["healthy"] == 8  # news-sentiment: no source, no data
     assert run["decision"]["contributions"]["tenth"]["weight"] == 1.0
 
 
 def test_the_decision_counts_the_tenth() -> None:
     """Quorum out of nine analysis agents, the tenth's weight, its score in the conviction:
-    seven at +0.5 x 80 % and the tenth at +1 x 100 % weighing 2 give (7 x 0.4 + 2) / 9."""
+    seven at +0.5 x 80 (weights 1, market-structure and multi-timeframe 0.5: sum w c 480)
+    and the tenth at +1 x 100 weighing 2 give (240 + 200) / (480 + 200)."""
     config = DecisionConfig.for_registry(TEN, weights={"tenth": 2.0}, quorum=9)
     nine = steps(0.5, 80.0)
     ten = nine | {"tenth": step("tenth", 1.0, 100.0)}
     d = decide(ten, config, TEN)
     assert (d.status, d.action, d.degraded) == ("ok", "BUY", False)
     assert (d.healthy_analysis, d.quorum) == (9, 9)
-    assert d.conviction == math.fsum([0.8 * 0.5 / 9] * 7 + [2.0 / 9])
-    assert d.conviction == pytest.approx(4.8 / 9, abs=1e-15)
-    assert d.confidence == pytest.approx((7 * 80.0 + 2 * 100.0) / 9)
+    assert d.conviction == pytest.approx(440 / 680, abs=1e-15)
+    assert d.confidence == pytest.approx(680 / 8)  # sum w c / sum w, all agreeing
     [last] = [c for c in d.contributions if c.agent == "tenth"]
     assert last.weight == 2.0
-    assert last.contribution == pytest.approx(2.0 / 9)
-    assert decide(nine, DecisionConfig()).conviction == pytest.approx(0.4)  # the nine alone
+    assert last.contribution == pytest.approx(200 / 680)
+    assert decide(nine, DecisionConfig()).conviction == pytest.approx(0.5)  # the nine alone
     short = decide(nine, config, TEN)  # the tenth missing: 8 of 9 healthy, quorum 9
     assert (short.status, short.missing_agents) == ("failed", ("tenth",))
     assert short.reason.startswith("insufficient_agents: 8 of 9 analysis agents")

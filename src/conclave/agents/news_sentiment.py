@@ -10,7 +10,10 @@ with ``include_general``, crypto in general.
 Score: the weighted mean polarity. Confidence: ``100 * min(1, W / full_weight) * mean |p| *
 (0.5 + 0.5 * consensus)`` with ``W`` the total weight, ``mean |p|`` the weighted mean absolute
 polarity and consensus ``|sum w p| / sum w |p|``. Without a news source (``news`` None) or
-without headlines in the horizon: score 0, confidence 0, and the reason says which.
+without headlines in the horizon the agent has no input to speak from: score 0, confidence
+0, status ``no_data`` and the reason says which. The column ``has_data`` (`HAS_DATA`) marks
+the bars with at least one headline in the horizon, so the backtester leaves the others out
+as the live decision does.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pydantic import Field
 
 from conclave.agents.base import Agent
 from conclave.agents.inputs import AgentInput, Needs
-from conclave.agents.outputs import SeriesOutput
+from conclave.agents.outputs import HAS_DATA, SeriesOutput, Status
 from conclave.agents.params import AgentParams
 from conclave.news.headline import Headline, base_asset
 from conclave.news.sentiment import headline_polarity
@@ -79,9 +82,9 @@ class NewsSentiment(Agent):
         asset = base_asset(data.symbol)
         if data.news is None:
             reason = "no news source configured"
-            return SeriesOutput(
-                zeros, zeros.copy(), {"asset": asset, "reason": reason}, "ok", reason
-            )
+            none = {"asset": asset, "reason": reason}
+            return SeriesOutput(zeros, zeros.copy(), none, "no_data", reason,
+                                {HAS_DATA: zeros.copy()})  # fmt: skip
         items = self.relevant(list(data.news), asset)
         t_bar = data.candles.close_time
         pub = np.array([h.published_ms for h in items], dtype=np.int64)
@@ -127,4 +130,6 @@ class NewsSentiment(Agent):
         reason = "" if len(used) else f"no headlines about {asset} in the last {p.horizon_hours:g}h"
         if reason:
             evidence["reason"] = reason
-        return SeriesOutput(score, conf, evidence, "ok", reason)
+        has_data = (count > 0).astype(np.float64)
+        status: Status = "no_data" if reason else "ok"
+        return SeriesOutput(score, conf, evidence, status, reason, {HAS_DATA: has_data})

@@ -13,7 +13,10 @@ import numpy.typing as npt
 from conclave.agents.plain import wire_answer
 
 F64 = npt.NDArray[np.float64]
-Status = Literal["ok", "insufficient_data", "stale_data", "error"]
+Status = Literal["ok", "no_data", "insufficient_data", "stale_data", "error"]
+#: Name of the optional per-bar column saying where an agent had input: 1.0 where it had,
+#: 0.0 where it had none (it then has nothing to say there: status ``no_data``).
+HAS_DATA = "has_data"
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -21,10 +24,15 @@ class SeriesOutput:
     """Per-bar score (-1..1) and confidence (0..100), same length as the candles.
 
     ``evidence`` describes the last bar in plain JSON types. ``status``/``reason`` let an
-    agent say why it has no view (news-sentiment without a source: confidence 0 and why).
-    ``columns`` holds per-bar numbers the decision reads from the evidence (each the same
-    length as ``score``; volatility-regime: ``size_multiplier``), so the backtester has
-    every bar's value, not only the last one's.
+    agent say why it has no view: ``no_data`` when it had no input to speak from at the
+    last bar (news-sentiment without a news source, or without headlines in its horizon);
+    it is not a failure, but the decision leaves the agent out of its sums and its quorum.
+    ``columns`` holds per-bar numbers the decision reads (each the same length as
+    ``score``; volatility-regime: ``size_multiplier``), so the backtester has every bar's
+    value, not only the last one's. An agent whose input can be missing at some bars gives
+    the column `HAS_DATA` (1.0 where it had input, 0.0 where not) and status ``no_data``
+    exactly when the last bar has none; status ``no_data`` without that column means no
+    bar had any (`has_data`).
     """
 
     score: F64
@@ -33,6 +41,14 @@ class SeriesOutput:
     status: Status = "ok"
     reason: str = ""
     columns: Mapping[str, F64] = field(default_factory=dict)
+
+    def has_data(self) -> npt.NDArray[np.bool_]:
+        """Per bar, whether the agent had input there: the `HAS_DATA` column when given,
+        else every bar unless the status is ``no_data`` (then none)."""
+        col = self.columns.get(HAS_DATA)
+        if col is not None:
+            return np.asarray(col) > 0.0
+        return np.full(self.score.shape, self.status != "no_data", dtype=np.bool_)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,9 @@
 """The backtest report: one self-contained HTML page.
 
 `write_html` puts the header, the performance and buy-and-hold figures, the chart
-(`chart.plot_png`, embedded as a data URI), the per-agent skill, gaps, trades and timings in
-one HTML file with no external assets and no JavaScript.
+(`chart.plot_png`, embedded as a data URI), the per-agent skill, the correlation of the
+agents' scores (a table coloured blue for positive, red for negative, deeper the stronger),
+gaps, trades and timings in one HTML file with no external assets and no JavaScript.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from conclave.backtest.chart import chart_title, plot_png
 from conclave.backtest.export import iso_array
 from conclave.backtest.metrics import Headline, Performance, performance, period_years
 from conclave.backtest.result import BacktestResult, Fill
-from conclave.backtest.skill import AgentSkill, agent_skill
+from conclave.backtest.skill import AgentSkill, agent_skill, score_correlation
 from conclave.backtest.summary import period_iso, plain
 
 #: Trades listed in full up to this many; beyond it, the first and last `TRADES_EDGE`.
@@ -133,6 +134,37 @@ def _skill_html(skills: Sequence[AgentSkill]) -> str:
     return _table(head, rows) + note
 
 
+def _corr_cell(r: float | None) -> str:
+    """A correlation cell: blue for positive, red for negative, opacity |r|."""
+    if r is None or not math.isfinite(r):
+        return '<td class="muted">—</td>'
+    rgb = "33, 102, 172" if r >= 0 else "178, 24, 43"
+    ink = "#fff" if abs(r) >= 0.6 else "#222"
+    return (
+        f'<td style="background: rgba({rgb}, {abs(r):.2f}); color: {ink}"'
+        f' title="r = {r:.4f}">{r:+.2f}</td>'
+    )
+
+
+def _correlation_html(matrix: Mapping[str, Mapping[str, float | None]]) -> str:
+    if not matrix:
+        return '<p class="muted">no directional agents</p>'
+    names = list(matrix)
+    head = "".join(f"<th>{_e(b)}</th>" for b in names)
+    rows = "".join(
+        f'<tr><th class="l">{_e(a)}</th>'
+        + "".join(_corr_cell(matrix[a].get(b)) for b in names)
+        + "</tr>"
+        for a in names
+    )
+    note = (
+        "<p class=\"muted\">Pearson's r of two agents' scores over the bars where both are"
+        " usable; near 1 the two cast one vote twice, near -1 they read the same moves"
+        " opposite ways; — where undefined (no data, or a constant score).</p>"
+    )
+    return f'<table><tr><th class="l"></th>{head}</tr>{rows}</table>' + note
+
+
 def _gaps_html(result: BacktestResult) -> str:
     if not result.gaps:
         return "<p>no gaps</p>"
@@ -234,6 +266,8 @@ def write_html(
         f'src="data:image/png;base64,{image}">',
         "<h2>Agent skill</h2>",
         _skill_html(skills),
+        "<h2>Score correlation</h2>",
+        _correlation_html(score_correlation(result)),
         "<h2>Gaps</h2>",
         _gaps_html(result),
         "<h2>Trades</h2>",

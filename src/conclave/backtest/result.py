@@ -32,8 +32,11 @@ class AgentSeries:
     """One agent's answer at every bar, as the live step would record it.
 
     ``usable`` is false where the live step would not be ok (the window is shorter than
-    the agent's ``min_bars``, or the whole series failed: ``status``/``reason`` say why);
-    there ``score`` and ``confidence`` are 0 and the decision leaves the agent out.
+    the agent's ``min_bars``, the whole series failed: ``status``/``reason`` say why, or the
+    agent had no data at that bar: its ``has_data`` column is 0 there, the live step
+    ``no_data``); there ``score`` and ``confidence`` are 0 and the decision leaves the agent
+    out of its sums and its quorum. ``status`` is the series' (for ``no_data``: the last
+    bar's).
     """
 
     name: str

@@ -4,8 +4,10 @@
    same classes and parameters the live pipeline runs; their per-bar values depend only on a
    bounded trailing window, so the value at bar t is what the live step computes at t).
 2. **The decision.** `conclave.pipeline.decision.decide`'s formula over arrays: which agents
-   are usable at each bar (the live step would be ok), conviction, confidence, action and
-   strength before the risk manager's verdict (which `account_loop` gives bar by bar).
+   are usable at each bar (the live step would be ok; not where the agent had no data),
+   conviction, confidence, action and strength before the risk manager's verdict (which
+   `account_loop` gives bar by bar). The arithmetic is `decide`'s, operation for operation
+   and in the same order, so the two agree bit for bit.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def agent_series(
     """Every analysis agent's series over the whole history, with where it is usable.
 
     An agent is usable at a bar when its window is long enough (``min_bars``), its series
-    succeeded, and the data is fresh there (`fresh_mask`; else the live run fails every
+    succeeded, it had input there (`SeriesOutput.has_data`; else the live step's status is
+    ``no_data``) and the data is fresh there (`fresh_mask`; else the live run fails every
     step with ``stale_data``); pass ``fresh`` when it is already known.
     """
     n = len(history.candles)
@@ -79,7 +82,8 @@ def agent_series(
         res = agent.series(history.input_for(agent))
         took = time.perf_counter() - t0
         need = agent.min_bars(history.timeframe)
-        usable = (idx + 1 >= need) & fresh if res.status == "ok" else np.zeros(n, dtype=bool)
+        answered = res.status in ("ok", "no_data")
+        usable = (idx + 1 >= need) & fresh & res.has_data() if answered else np.zeros(n, bool)
         if name == SIZING_AGENT:
             mult = res.columns.get("size_multiplier")
             if mult is None:
@@ -131,21 +135,21 @@ def pre_decide(series: Mapping[str, AgentSeries], config: DecisionConfig, n: int
             total_w += np.where(s.usable, config.weight(a), 0.0)
     made = (healthy >= config.quorum) & (total_w > 0)
     safe_w = np.where(total_w > 0, total_w, 1.0)
-    parts: list[F64] = []
-    wconf = zeros.copy()
+    # decide's operations in decide's order (its agents in registry order): equal bits
+    sum_wc, net, spread = zeros.copy(), zeros.copy(), zeros.copy()
     for a in DIRECTIONAL_AGENTS:
         s = series.get(a)
         if s is None:
             continue
-        w = config.weight(a)
-        parts.append(np.where(s.usable, w * (s.confidence / 100.0) * s.score / safe_w, 0.0))
-        wconf += np.where(s.usable, w * s.confidence, 0.0)
-    stack = np.stack(parts) if parts else np.zeros((1, n))
-    conviction = stack.sum(axis=0)
-    spread = np.abs(stack).sum(axis=0)
-    mean_conf = wconf / safe_w
-    agreement = np.where(spread > 0, np.abs(conviction) / np.where(spread > 0, spread, 1.0), 0.0)
-    confidence = np.minimum(100.0, mean_conf * agreement)
+        wc = np.where(s.usable, config.weight(a) * s.confidence, 0.0)
+        pull = wc * s.score
+        sum_wc += wc
+        net += pull
+        spread += np.abs(pull)
+    has_wc = sum_wc > 0
+    conviction = np.where(has_wc, net / np.where(has_wc, sum_wc, 1.0), 0.0)
+    agreement = np.where(spread > 0, np.abs(net) / np.where(spread > 0, spread, 1.0), 0.0)
+    confidence = np.minimum(100.0, sum_wc / safe_w * agreement)
     action = np.full(n, HOLD, dtype=np.int8)
     action[conviction >= config.buy_threshold] = BUY
     action[conviction <= -config.sell_threshold] = SELL

@@ -14,6 +14,10 @@ signals:
 
 The decision is scored as the agent ``"decision"``: conviction as its score (usable where
 a decision was made, i.e. conviction is finite), the decision's confidence as confidence.
+
+`score_correlation` shows redundancy between the directional agents: Pearson's correlation
+of two agents' scores over the bars where both are usable (1: one vote cast twice, -1: two
+methods that read the same moves opposite ways).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from conclave.backtest.result import F64, B, BacktestResult
+from conclave.pipeline.decision import DIRECTIONAL_AGENTS
 
 DECISION = "decision"
 #: Lower edges of the confidence buckets; the last one includes 100.
@@ -211,4 +216,25 @@ def agent_skill(result: BacktestResult) -> list[AgentSkill]:
     ]
     conviction = np.asarray(result.conviction, dtype=np.float64)
     out.append(score_skill(DECISION, conviction, result.confidence, np.isfinite(conviction), r))
+    return out
+
+
+def score_correlation(result: BacktestResult) -> dict[str, dict[str, float | None]]:
+    """``{agent: {agent: r}}`` over the directional agents of ``result`` (registry order):
+    Pearson's r of their scores over the bars where both are usable; None with fewer than
+    `MIN_IC_SIGNALS` such bars or a constant side (an agent that never had data)."""
+    names = [a for a in DIRECTIONAL_AGENTS if a in result.agents]
+    out: dict[str, dict[str, float | None]] = {a: {} for a in names}
+    for i, a in enumerate(names):
+        sa = result.agents[a]
+        for b in names[i:]:
+            sb = result.agents[b]
+            both = np.asarray(sa.usable, dtype=np.bool_) & np.asarray(sb.usable, dtype=np.bool_)
+            r = None
+            if int(both.sum()) >= MIN_IC_SIGNALS:
+                x = np.asarray(sa.score, dtype=np.float64)[both]
+                y = np.asarray(sb.score, dtype=np.float64)[both]
+                constant = x.min() == x.max() or y.min() == y.max()  # no rounding noise
+                r = None if constant else _pearson(x, y)
+            out[a][b] = out[b][a] = r
     return out

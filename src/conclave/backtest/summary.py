@@ -1,8 +1,9 @@
 """The backtest's JSON summary: the CLI's ``--json`` object, in plain JSON types only.
 
-`summary` gathers the run, its performance (with buy-and-hold), per-agent skill, gaps,
-timings and settings; `plain` turns numpy values, tuples and objects with ``to_json`` into
-JSON types (NaN and infinities as null).
+`summary` gathers the run, its performance (with buy-and-hold), per-agent skill, the
+correlation of the agents' scores, gaps, what validation removed from the data, timings and
+settings; `plain` turns numpy values, tuples and objects with ``to_json`` into JSON types
+(NaN and infinities as null).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from conclave.backtest.export import iso_array
 from conclave.backtest.metrics import performance
 from conclave.backtest.result import BacktestResult
-from conclave.backtest.skill import agent_skill
+from conclave.backtest.skill import agent_skill, score_correlation
 
 
 def plain(value: Any) -> Any:
@@ -58,11 +59,13 @@ def summary(
     *,
     parity: Mapping[str, Any] | None = None,
     lookahead: Mapping[str, Any] | None = None,
+    validation: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything about the run as one plain-JSON object (camelCase keys): symbol,
     timeframe, source, simulated, from/to (ISO, first open to last close), bars,
-    performance (with buyAndHold), skill, gaps and missingBars, fills (count), timings
-    (seconds), settings, and parity/lookahead when given."""
+    performance (with buyAndHold), skill, correlation (Pearson of agent scores), gaps and
+    missingBars, fills (count), timings (seconds), settings, and validation
+    (`HistoryValidation.to_json`) and parity/lookahead when given."""
     start, end = period_iso(result)
     out: dict[str, Any] = {
         "symbol": result.symbol,
@@ -74,12 +77,15 @@ def summary(
         "bars": len(result),
         "performance": performance(result).to_json(),
         "skill": [s.to_json() for s in agent_skill(result)],
+        "correlation": score_correlation(result),
         "gaps": [g.to_json() for g in result.gaps],
         "missingBars": result.missing_bars,
         "fills": len(result.fills),
         "timings": dict(result.timings),
         "settings": dict(result.settings),
     }
+    if validation is not None:
+        out["validation"] = dict(validation)
     if parity is not None:
         out["parity"] = dict(parity)
     if lookahead is not None:

@@ -8,7 +8,9 @@ same bar and the live result equals the backtester's value bit for bit.
 
 A `StepResult` is one agent's answer as the orchestrator records it. A step that did not
 give a usable answer (error, timeout, stale or insufficient data, values out of range) has
-``score`` and ``confidence`` ``None``: it is never counted as a score of 0.
+``score`` and ``confidence`` ``None``: it is never counted as a score of 0. Nor has a step
+with status ``no_data`` (the agent had no input to speak from, e.g. news-sentiment without
+a news source): not a failure, so the run is not degraded, but the decision leaves it out.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from conclave.market.gateway import MarketSnapshot
 from conclave.news.headline import Headline
 from conclave.timeframes import Timeframe
 
-StepStatus = Literal["ok", "insufficient_data", "stale_data", "error", "timeout"]
+StepStatus = Literal["ok", "no_data", "insufficient_data", "stale_data", "error", "timeout"]
 STEP_STATUSES: tuple[StepStatus, ...] = (
     "ok",
+    "no_data",
     "insufficient_data",
     "stale_data",
     "error",
@@ -190,9 +193,10 @@ def valid_values(score: object, confidence: object) -> bool:
 class StepResult:
     """One agent's recorded answer; ``score``/``confidence`` are None unless it succeeded.
 
-    ``status`` is ``ok``, ``insufficient_data``, ``stale_data``, ``error`` or ``timeout``;
-    ``error`` is the reason for any other status (empty when ok). ``duration_ms`` is the
-    wall time the runner spent on the step (queueing in an executor included).
+    ``status`` is ``ok``, ``no_data``, ``insufficient_data``, ``stale_data``, ``error`` or
+    ``timeout``; ``error`` is the reason for any other status (empty when ok).
+    ``duration_ms`` is the wall time the runner spent on the step (queueing in an executor
+    included).
     """
 
     agent: str
