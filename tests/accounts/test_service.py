@@ -146,3 +146,87 @@ async def test_the_reader_gives_the_risk_agent_the_real_drawdown(service: Accoun
                              now_iso="x").payload["allowed"] is False  # fmt: skip
     with pytest.raises(UnknownAccountError, match="no account"):
         await reader.read("paper-missing", as_of_ms=T0)
+
+
+async def _halted_with_a_position(service: AccountService, **limits: object) -> str:
+    """An all-in account halted by a 25 % drawdown at bar 2's close, still holding."""
+    acct = await new_account(service, max_position_fraction=1.0,
+                             daily_loss_limits=(0.5, 0.6, 0.9), **limits)  # fmt: skip
+    await service.process_run(acct, run("BUY"), bars=[bar(0, 100, 100)])
+    await service.process_run(acct, run("HOLD"), bars=[bar(0, 100, 100), bar(1, 100, 100)])
+    return acct
+
+
+async def test_a_halted_account_refuses_entries_but_executes_exits(
+    service: AccountService,
+) -> None:
+    """block_entries: halted, a BUY is refused; a SELL is placed and fills at the next open."""
+    acct = await _halted_with_a_position(service)
+    halted = await service.process_run(acct, run("BUY"), bars=[bar(2, 100, 74)])
+    assert (halted["status"], halted["order"]) == ("halted", None)
+    assert "entries blocked" in halted["skipped"]
+    sold = await service.process_run(acct, run("SELL", 0.5), bars=[bar(3, 74, 73)])
+    assert sold["status"] == "halted"
+    assert sold["order"]["side"] == "SELL"
+    out = await service.process_run(acct, run("HOLD"), bars=[bar(3, 74, 73), bar(4, 72, 72)])
+    (fill,) = out["fills"]
+    assert (fill["side"], fill["fillOpenMs"]) == ("SELL", T0 + 4 * H)
+
+
+async def test_flatten_sells_the_whole_position_at_the_next_open_when_halted(
+    service: AccountService,
+) -> None:
+    """halt_action flatten: the run that halts places a sell-all whatever its decision; it
+    fills whole at the next open, even above the decision's close; a BLOCKED run does not."""
+    acct = await _halted_with_a_position(service, halt_action="flatten")
+    blocked = run("HOLD")
+    blocked["decision"] |= {"status": "blocked", "action": "BLOCKED"}
+    none = await service.process_run(acct, blocked, bars=[bar(2, 100, 74)])
+    assert (none["status"], none["order"]) == ("halted", None)
+    halted = await service.process_run(acct, run("BUY"), bars=[bar(3, 74, 74)])
+    assert halted["order"]["side"] == "SELL"
+    assert "flatten" in halted["order"]["reason"]
+    out = await service.process_run(acct, run("HOLD"), bars=[bar(3, 74, 74), bar(4, 80, 80)])
+    (fill,) = out["fills"]
+    assert fill["side"] == "SELL"
+    shown = await service.get(acct)
+    assert shown is not None
+    assert shown["positions"][0]["qty"] == 0.0
+    assert shown["status"] == "halted"
+
+
+async def test_the_streak_guard_pauses_entries_only_and_a_hand_pause_stops_all(
+    service: AccountService,
+) -> None:
+    """After a losing sale with a streak of 1: a BUY waits, a SELL goes through; after
+    `pause` by hand neither does."""
+    acct = await new_account(service, stoploss_streak=1, stoploss_pause_bars=10,
+                             max_position_fraction=0.5,
+                             daily_loss_limits=(0.5, 0.6, 0.9))  # fmt: skip
+    await service.process_run(acct, run("BUY"), bars=[bar(0, 100, 100)])
+    await service.process_run(acct, run("SELL", 0.3), bars=[bar(0, 100, 100), bar(1, 100, 100)])
+    out = await service.process_run(acct, run("BUY"), bars=[bar(1, 100, 100), bar(2, 90, 90)])
+    assert out["fills"][0]["realisedPnl"] < 0
+    assert out["order"] is None
+    assert "stop-loss streak guard" in out["skipped"]
+    sell = await service.process_run(acct, run("SELL", 0.3), bars=[bar(3, 90, 90)])
+    assert sell["order"]["side"] == "SELL"
+    await service.pause(acct, "review", now_ms=T0)
+    paused = await service.process_run(acct, run("SELL", 0.3), bars=[bar(4, 90, 90)])
+    assert paused["order"] is None
+    assert "paused by hand" in paused["skipped"]
+
+
+async def test_a_sell_all_closes_the_position_when_the_next_open_is_higher(
+    service: AccountService,
+) -> None:
+    """Sized at a close of 100, a sell-all filled at an open of 150 sells every unit."""
+    acct = await new_account(service, max_position_fraction=0.5)
+    await service.process_run(acct, run("BUY"), bars=[bar(0, 100, 100)])
+    await service.process_run(acct, run("SELL"), bars=[bar(0, 100, 100), bar(1, 100, 100)])
+    out = await service.process_run(acct, run("HOLD"), bars=[bar(1, 100, 100), bar(2, 150, 150)])
+    (fill,) = out["fills"]
+    shown = await service.get(acct)
+    assert shown is not None
+    assert fill["side"] == "SELL"
+    assert shown["positions"][0]["qty"] == 0.0

@@ -4,8 +4,10 @@ For random stretches of real BTC 1h history and random account terms (tight limi
 that halts, resumes, cooldowns and the streak guard all happen), a reference replays the
 period bar by bar with the live functions themselves and nothing vectorized or cached:
 `decide` on `StepResult`s, the `RiskManager` agent on an `AccountState` built from the
-curve so far, `accounts.paper` fills, `accounts.risk.assess`/`transition`/`after_trade`.
-The engine must give the same action, size, risk level, equity, halt status and fills.
+curve so far, `accounts.paper` sizing and fills (lot rules included),
+`accounts.risk.assess`/`transition`/`after_trade`/`order_blocked` (entries only), and the
+``flatten`` halt action as `accounts.ledger.decide` applies it. The engine must give the
+same action, size, risk level, equity, halt status and fills.
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ from hypothesis import strategies as st
 
 from conclave.accounts import AccountConfig, paper
 from conclave.accounts.paper import Bar, Position
-from conclave.accounts.risk import Protections, after_trade, assess, start_of_day, transition
+from conclave.accounts.risk import (
+    Protections,
+    after_trade,
+    assess,
+    order_blocked,
+    start_of_day,
+    transition,
+)
 from conclave.agents import AccountState, AgentInput
 from conclave.agents.risk_manager import RiskManager
 from conclave.backtest.engine import run_backtest
@@ -48,6 +57,7 @@ class Replay:
     equity: list[float] = field(default_factory=list)
     halted: list[bool] = field(default_factory=list)
     fills: list[tuple[Any, ...]] = field(default_factory=list)
+    vetoed_sells: int = 0
 
 
 def _steps(series: dict[str, AgentSeries], j: int) -> dict[str, StepResult]:
@@ -72,20 +82,15 @@ def reference(history: History, bt: BacktestSettings) -> Replay:
     values: list[float] = []
     cash, pos, mark = bt.starting_balance, Position(), 0.0
     status, prot = "active", Protections()
-    pending: tuple[str, float, int] | None = None
+    pending: tuple[paper.Order, int] | None = None
+    lots = {"min_order_notional": cfg.min_order_notional, "qty_step": cfg.qty_step}
     bar_ms = period.timeframe.ms
     for i in range(len(period)):
         j = history.start + i
         as_of = int(period.close_time[i])
         o, c = float(period.open[i]), float(period.close[i])
         # the run: the account reader's state, the risk manager agent, decide()
-        blocked = ""
-        if status != "active":
-            blocked = f"account {status}"
-        else:
-            blocked = Protections(prot.loss_streak, prot.paused_until_ms, None).blocks(
-                "SELL", as_of
-            )
+        blocked = f"account {status}" if status != "active" else prot.paused(as_of)
         state = AccountState(
             account_id="ref", equity_time_ms=np.asarray(times, dtype=np.int64),
             equity=np.asarray(values, dtype=np.float64), open_exposure=abs(pos.qty * mark),
@@ -101,13 +106,15 @@ def reference(history: History, bt: BacktestSettings) -> Replay:
         out.actions.append(d.action or "NONE")
         out.sizes.append(d.size_multiplier)
         out.levels.append(str(risk.payload["level"]))
+        out.vetoed_sells += d.action == "SELL" and d.risk_veto
         # process_run: settle at this open, record at the close, transition, order
         if pending is not None:
-            side, notional, decided = pending
+            order, decided = pending
+            side = order.side
             pending = None
-            fill = paper.fill_at_open(side, notional, Bar(int(period.open_time[i]), as_of, o, c),  # type: ignore[arg-type]
-                                      slippage=bt.slippage, fee_rate=bt.fee_rate, cash=cash,
-                                      position=pos)  # fmt: skip
+            fill, _ = paper.fill_at_open(order, Bar(int(period.open_time[i]), as_of, o, c),
+                                         slippage=bt.slippage, fee_rate=bt.fee_rate, cash=cash,
+                                         position=pos, **lots)  # fmt: skip
             if fill is not None:
                 pos, delta, pnl = paper.apply_fill(pos, fill)
                 cash += delta
@@ -126,15 +133,20 @@ def reference(history: History, bt: BacktestSettings) -> Replay:
         status = transition(status, snap, cfg)[0]  # type: ignore[arg-type]
         out.equity.append(equity)
         out.halted.append(status == "halted")
-        ordered = d.tradable and d.action in ("BUY", "SELL") and status == "active"
-        if ordered and d.action is not None and not prot.blocks(d.action, as_of):
-            notional, _ = paper.order_notional(
+        if status == "halted" and cfg.halt_action == "flatten" and pos.qty > paper.QTY_EPS:
+            pending = (paper.sell_all(pos.qty, c, "flatten"), int(period.open_time[i]))
+        elif (
+            d.tradable
+            and (d.action == "BUY" or d.action == "SELL")
+            and not order_blocked(d.action, status, prot, as_of)
+        ):
+            placed, _ = paper.size_order(
                 d.action, equity=equity, size_multiplier=d.size_multiplier,
-                max_position_fraction=cfg.max_position_fraction,
-                min_order_notional=cfg.min_order_notional, position_value=pos.value(c),
+                max_position_fraction=cfg.max_position_fraction, position_qty=pos.qty,
+                price=c, **lots,
             )  # fmt: skip
-            if notional > 0:
-                pending = (d.action, notional, int(period.open_time[i]))
+            if placed is not None:
+                pending = (placed, int(period.open_time[i]))
     return out
 
 
@@ -159,15 +171,18 @@ daily = st.sampled_from([(0.005, 0.01, 0.015), (0.01, 0.02, 0.03), (0.02, 0.03, 
     streak=st.integers(1, 3),
     fee=st.sampled_from([0.0, 0.001, 0.0075]),
     buy=st.sampled_from([0.05, 0.1, 0.15]),
+    halt_action=st.sampled_from(["block_entries", "flatten"]),
+    minimum=st.sampled_from([10.0, 300.0]),
 )
 def test_the_engine_is_a_plain_replay_of_the_live_code(
     btc: FileSource, start: int, dd: tuple[float, float, float],
     loss: tuple[float, float, float], fraction: float, hysteresis: float, streak: int,
-    fee: float, buy: float,
+    fee: float, buy: float, halt_action: str, minimum: float,
 ) -> None:  # fmt: skip
     cfg = AccountConfig(drawdown_limits=dd, daily_loss_limits=loss, max_position_fraction=fraction,
                         hysteresis=hysteresis, stoploss_streak=streak, stoploss_pause_bars=5,
-                        cooldown_bars=2, max_exposure=0.9)  # fmt: skip
+                        cooldown_bars=2, max_exposure=0.9, halt_action=halt_action,
+                        min_order_notional=minimum, qty_step=1e-5)  # fmt: skip
     from conclave.pipeline.decision import DecisionConfig
 
     decision = DecisionConfig(buy_threshold=buy, sell_threshold=buy, strong_threshold=0.5)
@@ -193,3 +208,4 @@ def test_the_engine_is_a_plain_replay_of_the_live_code(
     event(f"halted: {'yes' if any(ref.halted) else 'no'}")
     event(f"resumed: {'yes' if resumed else 'no'}")
     event(f"streak guard: {'yes' if (result.trace.paused_until_ms > 0).any() else 'no'}")
+    event(f"vetoed SELL decisions: {'some' if ref.vetoed_sells else 'none'}")

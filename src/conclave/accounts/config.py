@@ -2,18 +2,29 @@
 
 Defaults follow the risk-manager agent's (`RiskManagerParams`) for the levels and
 freqtrade's protections for the floor: ``MaxDrawdown`` (the drawdown halt level),
-``StoplossGuard`` (``stoploss_streak`` losing trades in a row pause the account for
+``StoplossGuard`` (``stoploss_streak`` losing trades in a row pause new entries for
 ``stoploss_pause_bars`` bars) and ``CooldownPeriod`` (``cooldown_bars`` bars without a new
-entry after a losing trade).
+entry after a losing trade). As in freqtrade, every protection, the halt, the ``reduce``
+level and the risk manager's veto block or shrink only orders that add exposure (BUYs): a
+SELL, which reduces or closes a long, always goes through. ``halt_action`` says what a halt
+does to an open position: ``block_entries`` (keep it, exits still go through) or
+``flatten`` (close it whole at the next bar's open).
+
+Orders follow an exchange's lot rules: quantities are whole multiples of ``qty_step`` (base
+units; 1e-8 is Binance's finest BTC step) and no order is under ``min_order_notional``
+(quote), exits included; a sale that would leave less than either is a sale of the whole
+position.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from conclave.agents import AccountRisk
+
+HaltAction = Literal["block_entries", "flatten"]
 
 
 class AccountConfig(BaseModel):
@@ -23,6 +34,7 @@ class AccountConfig(BaseModel):
 
     max_position_fraction: float = Field(0.25, gt=0.0, le=1.0)
     min_order_notional: float = Field(10.0, ge=0.0)
+    qty_step: float = Field(1e-8, gt=0.0, allow_inf_nan=False)
     drawdown_limits: tuple[float, float, float] = (0.05, 0.10, 0.20)
     daily_loss_limits: tuple[float, float, float] = (0.02, 0.03, 0.05)
     max_exposure: float = Field(3.0, gt=0.0)
@@ -32,6 +44,7 @@ class AccountConfig(BaseModel):
     stoploss_streak: int = Field(3, ge=1, le=100)
     stoploss_pause_bars: int = Field(12, ge=0, le=10_000)
     cooldown_bars: int = Field(2, ge=0, le=10_000)
+    halt_action: HaltAction = "block_entries"
 
     @model_validator(mode="after")
     def _ordered(self) -> AccountConfig:

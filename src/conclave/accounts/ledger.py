@@ -71,26 +71,28 @@ async def settle(
     conn: Any, work: Work, symbol: str, bars: Sequence[Bar], bar_ms: int
 ) -> list[dict[str, Any]]:
     acct, out = work.acct, []
+    cfg = work.config
     for order in await db.pending_orders(conn, acct["id"], symbol):
         nxt = paper.next_bar(bars, int(order["decision_open_ms"]))
         if nxt is None:
             continue  # the next bar is not known yet
         pos = work.position(symbol)
-        fill = paper.fill_at_open(
-            order["side"],
-            float(order["notional"]),
+        fill, why = paper.fill_at_open(
+            _order(order, nxt, acct["slippage"]),
             nxt,
             slippage=acct["slippage"],
             fee_rate=acct["fee_rate"],
             cash=acct["cash"],
             position=pos,
+            min_order_notional=cfg.min_order_notional,
+            qty_step=cfg.qty_step,
         )
         if fill is None:
             await db.update_order(
                 conn,
                 order["id"],
                 status="cancelled",
-                reason=order["reason"] + "; cancelled: nothing to trade",
+                reason=order["reason"] + f"; cancelled: {why}",
             )
             continue
         after, cash_delta, pnl = paper.apply_fill(pos, fill)
@@ -168,49 +170,80 @@ async def decide(
     decision: Mapping[str, Any],
     bar: Bar,
 ) -> tuple[dict[str, Any] | None, str]:
+    """Place the order for ``decision`` at ``bar``'s close, or say why there is none.
+
+    Only entries are refused by a halt, the streak guard or the cooldown; a SELL always
+    goes through (a pause by hand stops every order). A halted account whose
+    ``halt_action`` is ``flatten`` sells the symbol's whole position whatever the
+    decision, unless the decision is BLOCKED (never tradable, RELIABILITY C5).
+    """
     side = decision.get("action")
+    acct, cfg = work.acct, work.config
+    pos = work.position(run["symbol"])
+    status = cast(Status, acct["status"])
+    flatten = status == "halted" and cfg.halt_action == "flatten" and side != "BLOCKED"
+    if flatten and pos.qty > paper.QTY_EPS:
+        why = f"sell all: halt_action flatten ({acct['status_reason']})"
+        return await _place(conn, work, run, paper.sell_all(pos.qty, bar.close, why), 1.0, bar)
     if side not in ("BUY", "SELL") or decision.get("tradable") is not True:
         return None, f"no order: decision {side or decision.get('status')} is not tradable"
-    acct = work.acct
-    if acct["status"] != "active":
-        return None, f"no order: account {acct['status']} ({acct['status_reason']})"
-    blocked = work.protections.blocks(side, bar.close_ms)
+    blocked = risk.order_blocked(side, status, work.protections, bar.close_ms)
     if blocked:
-        return None, f"no order: {blocked}"
+        because = f" ({acct['status_reason']})" if status != "active" else ""
+        return None, f"no order: {blocked}{because}"
     mult = float(decision.get("sizeMultiplier") or 0.0)
-    cfg = work.config
     equity, _ = mark(acct, work.positions)
-    held = work.position(run["symbol"]).value(bar.close)
-    notional, why = paper.order_notional(
+    order, why = paper.size_order(
         side,
         equity=equity,
         size_multiplier=mult,
         max_position_fraction=cfg.max_position_fraction,
         min_order_notional=cfg.min_order_notional,
-        position_value=held,
+        qty_step=cfg.qty_step,
+        position_qty=pos.qty,
+        price=bar.close,
     )
-    if notional <= 0:
+    if order is None:
         return None, why
+    return await _place(conn, work, run, order, mult, bar)
+
+
+async def _place(
+    conn: Any, work: Work, run: Mapping[str, Any], order: paper.Order, mult: float, bar: Bar
+) -> tuple[dict[str, Any], str]:
     values = {
-        "account_id": acct["id"],
+        "account_id": work.acct["id"],
         "run_id": run["runId"],
         "symbol": run["symbol"],
         "timeframe": run["timeframe"],
-        "side": side,
+        "side": order.side,
         "status": "pending",
         "decision_open_ms": bar.open_ms,
-        "notional": notional,
+        "notional": order.notional,
+        # a SELL is for a quantity (the fill overwrites it with the quantity filled)
+        "qty": order.qty if order.side == "SELL" else None,
         "size_multiplier": mult,
-        "reason": why,
+        "reason": order.reason,
     }
     await db.insert_order(conn, values)
-    return {
-        "side": side,
-        "notional": notional,
+    placed = {
+        "side": order.side,
+        "notional": order.notional,
         "status": "pending",
         "decisionOpenMs": bar.open_ms,
-        "reason": why,
-    }, ""
+        "reason": order.reason,
+    }
+    if order.side == "SELL":
+        placed["qty"] = order.qty
+    return placed, ""
+
+
+def _order(row: Mapping[str, Any], nxt: Bar, slippage: float) -> paper.Order:
+    """A pending order row as a `paper.Order`."""
+    notional, qty = float(row["notional"]), row["qty"]
+    if row["side"] == "SELL" and qty is None:  # placed before SELL orders carried a quantity
+        qty = notional / (nxt.open * (1.0 - slippage))
+    return paper.Order(row["side"], notional, float(qty or 0.0), row["reason"])
 
 
 async def save(conn: Any, work: Work) -> None:

@@ -4,13 +4,21 @@ Pure functions, no I/O, no clock. Conventions (quote currency throughout):
 
 - **Long-only spot.** BUY opens or adds to a long; SELL reduces or closes it and never
   opens a short. A SELL with no position is no order.
-- **Size.** ``Decision.size_multiplier`` is already strength x the volatility-regime's
-  multiplier x the risk manager's (see `conclave.pipeline.decision`), so the order's
-  notional is ``equity x max_position_fraction x size_multiplier``: a full-strength,
-  calm-market, risk-ok BUY puts one ``max_position_fraction`` of equity in. A BUY is capped
-  so the position stays within ``max_position_fraction`` of equity and the cash covers
-  notional plus fee; a SELL is capped at the position (and closes it whole when what would
-  remain is under ``min_order_notional``). Orders under ``min_order_notional`` are not sent.
+- **Size.** A BUY's ``Decision.size_multiplier`` is strength x the volatility-regime's
+  multiplier x the risk manager's, a SELL's the decision's strength alone (see
+  `conclave.pipeline.decision`); the order is worth ``equity x max_position_fraction x
+  size_multiplier``: a full-strength, calm-market, risk-ok BUY puts one
+  ``max_position_fraction`` of equity in. A BUY *spends* that notional, capped so the
+  position stays within ``max_position_fraction`` of equity and the cash covers notional
+  plus fee. A SELL *sells a quantity* (base units, at the decision bar's close), capped at
+  the position: a sell-all is an order for the whole position, so it closes it whatever
+  the next open.
+- **Lot rules, every order alike.** Quantities are rounded down to ``qty_step``; no order
+  under ``min_order_notional`` is sent or filled (checked at the decision bar's close and
+  again at the fill price). A sale that would leave a remainder under the minimum or the
+  step sells the whole position instead, so no dust is left. The one order allowed under
+  the minimum is the sale of a whole position that is itself worth less (its price fell
+  after the buy): otherwise it could never be sold.
 - **Fill.** A decision made at bar t's close fills at bar t+1's OPEN, never at bar t's
   close: a BUY pays ``open x (1 + slippage)``, a SELL gets ``open x (1 - slippage)``; the fee
   is ``fill notional x fee_rate``.
@@ -21,6 +29,7 @@ Pure functions, no I/O, no clock. Conventions (quote currency throughout):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -72,70 +81,122 @@ class Fill:
         return self.qty * self.price
 
 
-def order_notional(
+@dataclass(frozen=True, slots=True)
+class Order:
+    """An order for the next bar's open.
+
+    A BUY spends ``notional`` (quote; ``qty`` is 0 until the fill). A SELL sells ``qty``
+    (base units; the whole position for a sell-all); ``notional`` is its value at the
+    decision bar's close.
+    """
+
+    side: Side
+    notional: float
+    qty: float
+    reason: str
+
+
+def floor_step(qty: float, step: float) -> float:
+    """``qty`` rounded down to a whole multiple of ``step``; float noise (a few ulps) is
+    forgiven, so a quantity already on the step stays as it is."""
+    if step <= 0.0:
+        return qty
+    ratio = qty / step
+    n = math.floor(ratio)
+    if n + 1 - ratio <= min(0.5, max(1e-9, abs(ratio) * 1e-15)):
+        n += 1
+    return n * step
+
+
+def leaves_dust(remainder: float, price: float, min_order_notional: float, step: float) -> bool:
+    """True when a position of ``remainder`` units left by a sale could not be sold on its
+    own at ``price``: above 0 but under the quantity step or the minimum order."""
+    return remainder > 0.0 and (remainder < step or remainder * price < min_order_notional)
+
+
+def size_order(
     side: Side,
     *,
     equity: float,
     size_multiplier: float,
     max_position_fraction: float,
     min_order_notional: float,
-    position_value: float,
-) -> tuple[float, str]:
-    """The notional to order for a decision, and why (0.0 with the reason when none).
-
-    ``position_value`` is the symbol's position at the decision bar's close.
-    """
+    qty_step: float,
+    position_qty: float,
+    price: float,
+) -> tuple[Order | None, str]:
+    """The order for a decision at a bar closing at ``price``, and why (None with the reason
+    when there is none). ``position_qty`` is the symbol's position at that close."""
     want = max(0.0, equity) * max_position_fraction * max(0.0, size_multiplier)
+    held = position_qty * price
     if side == "BUY":
-        room = max(0.0, equity * max_position_fraction - position_value)
+        room = max(0.0, equity * max_position_fraction - held)
         notional = min(want, room)
-        if notional < min_order_notional:
+        if notional < min_order_notional or notional <= 0.0:
             why = "position at its limit" if room < want else "below the minimum order"
-            return 0.0, f"no order: {why} ({notional:.2f} < {min_order_notional})"
-        return (
-            notional,
-            f"buy {notional:.2f}: equity x {max_position_fraction} x {size_multiplier:.4f}",
+            return None, f"no order: {why} ({notional:.2f} < {min_order_notional})"
+        why = f"buy {notional:.2f}: equity x {max_position_fraction} x {size_multiplier:.4f}"
+        return Order("BUY", notional, 0.0, why), why
+    if position_qty <= QTY_EPS:
+        return None, "no order: long-only spot, no position to sell"
+    qty = floor_step(want / price, qty_step) if price > 0 else position_qty
+    if qty >= position_qty:
+        why = f"sell all ({held:.2f}): the decision's size covers the position"
+        return Order("SELL", held, position_qty, why), why
+    if leaves_dust(position_qty - qty, price, min_order_notional, qty_step):
+        why = f"sell all ({held:.2f}): the remainder would be under the minimum or the step"
+        return Order("SELL", held, position_qty, why), why
+    if qty * price < min_order_notional or qty <= 0.0:
+        return None, (
+            f"no order: below the minimum order ({qty * price:.2f} < {min_order_notional})"
         )
-    if position_value <= 0.0:
-        return 0.0, "no order: long-only spot, no position to sell"
-    notional = min(want, position_value)
-    if position_value - notional < min_order_notional:
-        return position_value, f"sell all ({position_value:.2f}): remainder under the minimum"
-    if notional < min_order_notional:
-        return 0.0, f"no order: below the minimum order ({notional:.2f} < {min_order_notional})"
-    return (
-        notional,
-        f"sell {notional:.2f}: equity x {max_position_fraction} x {size_multiplier:.4f}",
-    )
+    why = f"sell {qty * price:.2f}: equity x {max_position_fraction} x {size_multiplier:.4f}"
+    return Order("SELL", qty * price, qty, why), why
+
+
+def sell_all(position_qty: float, price: float, reason: str) -> Order:
+    """An order to sell the whole position (worth ``position_qty x price`` now)."""
+    return Order("SELL", position_qty * price, position_qty, reason)
 
 
 def fill_at_open(
-    side: Side,
-    notional: float,
+    order: Order,
     bar: Bar,
     *,
     slippage: float,
     fee_rate: float,
     cash: float,
     position: Position,
-) -> Fill | None:
-    """Fill an order for ``notional`` at ``bar``'s open (the bar AFTER the decision).
+    min_order_notional: float,
+    qty_step: float,
+) -> tuple[Fill | None, str]:
+    """Fill ``order`` at ``bar``'s open (the bar AFTER the decision), or why not.
 
-    A BUY is cut so that notional plus fee fits the cash; a SELL is cut to the position
-    (and sells it whole when asked for at least its value at this price). None when
-    nothing can be traded.
+    A BUY is cut so that notional plus fee fits the cash, then to the step. A SELL is cut
+    to the position, and sells it whole when the remainder would be dust (`leaves_dust`).
+    An order under ``min_order_notional`` at the fill price is not filled, except the sale
+    of a whole position worth less.
     """
-    if side == "BUY":
+    if order.side == "BUY":
         price = bar.open * (1.0 + slippage)
-        spend = min(notional, max(0.0, cash) / (1.0 + fee_rate))
-        qty = spend / price if price > 0 else 0.0
+        spend = min(order.notional, max(0.0, cash) / (1.0 + fee_rate))
+        qty = floor_step(spend / price, qty_step) if price > 0 else 0.0
+        whole = False
     else:
         price = bar.open * (1.0 - slippage)
-        qty = position.qty if notional >= position.qty * price else notional / price
-        qty = min(qty, position.qty)
+        qty = min(order.qty, position.qty)
+        whole = qty >= position.qty or leaves_dust(
+            position.qty - qty, price, min_order_notional, qty_step
+        )
+        if whole:
+            qty = position.qty
     if qty <= QTY_EPS:
-        return None
-    return Fill(side, qty, price, qty * price * fee_rate)
+        return None, "nothing to trade"
+    if qty * price < min_order_notional and not whole:
+        return None, (
+            f"under the minimum order at the fill price ({qty * price:.2f} < {min_order_notional})"
+        )
+    return Fill(order.side, qty, price, qty * price * fee_rate), ""
 
 
 def apply_fill(position: Position, fill: Fill) -> tuple[Position, float, float]:

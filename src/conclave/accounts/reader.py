@@ -34,7 +34,7 @@ class StoreAccountReader:
             blocked = f"account {acct['status']}: {acct['status_reason']}"
         else:
             prot = Protections(acct["loss_streak"], acct["paused_until_ms"], None)
-            blocked = prot.blocks("SELL", as_of_ms)
+            blocked = prot.paused(as_of_ms)
         config = AccountConfig.model_validate(acct["config"])
         return AccountState(
             account_id=account_id,

@@ -12,7 +12,11 @@ Pure functions, no I/O, no clock (times are bar times, ms UTC):
   account (paused by hand) is left alone. Every change comes with its reason.
 - `after_trade`: freqtrade's protections on each closing trade: a losing trade starts a
   cooldown of ``cooldown_bars`` without new entries; ``stoploss_streak`` losses in a row
-  pause new orders for ``stoploss_pause_bars`` bars; a winning trade resets the streak.
+  pause new entries for ``stoploss_pause_bars`` bars; a winning trade resets the streak.
+- `order_blocked`: why an order is refused. The halt and the protections block entries
+  (BUYs) only, as freqtrade's protections do: a SELL reduces or closes a long and always
+  goes through, so risk never traps a position. A pause by hand (``accounts pause``) is
+  the operator's freeze and stops every order.
 """
 
 from __future__ import annotations
@@ -136,19 +140,42 @@ def transition(status: Status, risk: RiskSnapshot, config: AccountConfig) -> tup
 
 @dataclass(frozen=True, slots=True)
 class Protections:
-    """Losing trades in a row, and until when (bar time, ms) orders or entries are blocked."""
+    """Losing trades in a row, and until when (bar time, ms) new entries are blocked."""
 
     loss_streak: int = 0
     paused_until_ms: int | None = None
     cooldown_until_ms: int | None = None
 
-    def blocks(self, side: str, t_ms: int) -> str:
-        """Why an order of ``side`` at ``t_ms`` is blocked ("" when it is not)."""
+    def paused(self, t_ms: int) -> str:
+        """Why the stop-loss streak guard holds at ``t_ms`` ("" when it does not)."""
         if self.paused_until_ms is not None and t_ms < self.paused_until_ms:
             return f"stop-loss streak guard: paused until bar time {self.paused_until_ms}"
-        if side == "BUY" and self.cooldown_until_ms is not None and t_ms < self.cooldown_until_ms:
+        return ""
+
+    def blocks(self, side: str, t_ms: int) -> str:
+        """Why an order of ``side`` at ``t_ms`` is blocked ("" when it is not): the streak
+        guard and the cooldown block entries (BUY) only; a SELL is never blocked."""
+        if side != "BUY":
+            return ""
+        why = self.paused(t_ms)
+        if why:
+            return f"{why} (entries only)"
+        if self.cooldown_until_ms is not None and t_ms < self.cooldown_until_ms:
             return "cooldown after a losing trade: no new entry yet"
         return ""
+
+
+def order_blocked(side: str, status: Status, protections: Protections, t_ms: int) -> str:
+    """Why an order of ``side`` at ``t_ms`` is refused ("" when it is not). A halt, the
+    streak guard and the cooldown refuse entries (BUY) only; a pause by hand (the
+    operator's freeze) stops every order."""
+    if status == "paused":
+        return "account paused by hand: every order stopped"
+    if side != "BUY":
+        return ""
+    if status == "halted":
+        return "account halted: entries blocked, exits go through"
+    return protections.blocks("BUY", t_ms)
 
 
 def after_trade(

@@ -13,8 +13,10 @@ up to its own as-of) or an explicit `settle`. So `process_run`, in ONE transacti
 3. assesses risk from the equity curve (drawdown from the peak since the account opened or
    was last resumed by hand, loss today, exposure) and halts or, past the hysteresis band,
    resumes the account, recording the reason;
-4. turns the decision (BUY/SELL, tradable) into a pending order sized by `paper.order_notional`
-   unless the account is paused or halted or a protection blocks it.
+4. turns the decision (BUY/SELL, tradable) into a pending order sized by `paper.size_order`.
+   A halt, the stop-loss streak guard and the cooldown refuse entries (BUY) only: a SELL
+   always goes through, so risk never traps a position; a pause by hand stops every order.
+   A halted account with ``halt_action`` ``flatten`` sells the symbol's whole position.
 
 Processing is idempotent per (account, run): a second call with the same run id changes
 nothing and answers the first outcome. No clock is read: times are bar times, and manual
@@ -113,7 +115,7 @@ class AccountService:
         return account_view(acct, snap, level, list(held.values()), orders, events)
 
     async def pause(self, account_id: str, reason: str, *, now_ms: int) -> dict[str, Any]:
-        """Stop new orders until `resume`; recorded with ``reason``."""
+        """Stop every order, exits included, until `resume`; recorded with ``reason``."""
         return await self._set_status(account_id, "paused", "pause", reason, now_ms)
 
     async def resume(self, account_id: str, reason: str, *, now_ms: int) -> dict[str, Any]:

@@ -26,7 +26,9 @@ def position_view(row: Row) -> dict[str, Any]:
 
 
 def order_view(row: Row) -> dict[str, Any]:
-    """One order, pending or filled."""
+    """One order, pending or filled. ``qty``: a pending SELL's quantity ordered (the whole
+    position for a sell-all), a filled order's quantity filled; None for a pending BUY
+    (which spends ``notional``)."""
     return {
         "id": int(row["id"]),
         "runId": row["run_id"],

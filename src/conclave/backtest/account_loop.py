@@ -5,8 +5,11 @@
 the equity recorded up to the previous bar (as the live account reader gives it), then the
 pending order filled at this bar's OPEN (`conclave.accounts.paper`), equity recorded at this
 bar's close, the account's halt / resume transition (`conclave.accounts.risk`), and the new
-order from this bar's decision (protections: cooldown, stop-loss streak guard). A bar's order
-fills at the next bar that exists, as in live trading (gaps are never filled).
+order from this bar's decision. As live, the risk rules (the verdict's veto and multiplier,
+the halt, cooldown and stop-loss streak guard) block or shrink entries only: a SELL is sized
+by the decision's strength and always placed, and a halted account whose ``halt_action`` is
+``flatten`` sells its whole position. A bar's order fills at the next bar that exists, as in
+live trading (gaps are never filled).
 `account_state_at` gives what the live account reader would at any bar of the result.
 """
 
@@ -14,7 +17,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -27,11 +29,12 @@ from conclave.accounts.risk import (
     after_trade,
     drawdown_and_loss,
     level_of,
+    order_blocked,
     recovered,
     start_of_day,
 )
 from conclave.agents import AccountState
-from conclave.backtest.result import BUY, F64, HOLD, I64, NONE, B, BacktestResult, Fill
+from conclave.backtest.result import BUY, F64, HOLD, I64, SELL, B, BacktestResult, Fill
 from conclave.backtest.settings import BacktestSettings, Progress
 from conclave.backtest.signals import PreDecision
 from conclave.market.candles import Candles
@@ -113,14 +116,6 @@ def account_risk(
     return dd, loss, level_of(dd, loss, now, exposure, cfg), sod
 
 
-@dataclass(slots=True)
-class _Pending:
-    side: Literal["BUY", "SELL"]
-    notional: float
-    decision_open_ms: int
-    reason: str
-
-
 @dataclass(frozen=True, slots=True, eq=False)
 class AccountTrace:
     """The account's state after each bar of the period (what the next run's reader sees)."""
@@ -180,7 +175,9 @@ def simulate(
     status = _STATUS_ACTIVE
     prot = Protections()
     paused_until = -1
-    pending: _Pending | None = None
+    pending: tuple[paper.Order, int] | None = None  # the order and its decision bar's open
+    flatten = cfg.halt_action == "flatten"
+    lots = {"min_order_notional": cfg.min_order_notional, "qty_step": cfg.qty_step}
     multipliers = (1.0, cfg.warn_multiplier, cfg.reduce_multiplier, 0.0)
 
     # the risk manager's level at the next run equals the account's at this close when both
@@ -200,10 +197,12 @@ def simulate(
             lv = agent_verdict(curve, as_of, abs(qty * mark), cfg, blocked)
         a = act[i]
         size = 0.0
-        if a != NONE:
+        if a == SELL:  # an exit: sized by the decision alone, never vetoed
+            size = strength[i]
+        elif a == BUY:
             if lv == 3:
                 a = HOLD
-            elif a != HOLD:
+            else:
                 size = strength[i] * volm[i] * multipliers[lv]
         level_out.append(lv)
         action_out.append(a)
@@ -211,19 +210,19 @@ def simulate(
 
         # 2. settle the order of the previous decision at this bar's open
         if pending is not None:
-            o = pending
+            o, decided = pending
             pending = None
             fbar = Bar(t_open[i], as_of, opens[i], closes[i])
-            fill = paper.fill_at_open(o.side, o.notional, fbar, slippage=slip,
-                                      fee_rate=fee_rate, cash=cash, position=pos)  # fmt: skip
+            fill = paper.fill_at_open(o, fbar, slippage=slip, fee_rate=fee_rate, cash=cash,
+                                      position=pos, **lots)[0]  # fmt: skip
             if fill is not None:
                 pos, delta, pnl = paper.apply_fill(pos, fill)
                 qty = pos.qty
                 cash += delta
                 mark = opens[i]
                 pnl_or_none = pnl if o.side == "SELL" else None
-                fills.append(Fill(t_open[i], o.decision_open_ms, o.side, fill.qty, fill.price,
-                                  fill.fee, pnl_or_none, o.reason))  # fmt: skip
+                fills.append(Fill(t_open[i], decided, o.side, fill.qty, fill.price, fill.fee,
+                                  pnl_or_none, o.reason))  # fmt: skip
                 if o.side == "SELL":
                     prot = after_trade(prot, pnl, t_open[i], bar_ms, cfg)[0]
                     paused_until = -1 if prot.paused_until_ms is None else prot.paused_until_ms
@@ -251,20 +250,22 @@ def simulate(
         else:
             reuse_day = -1
 
-        # 4. this bar's decision becomes an order (filled at the next bar's open)
-        if size > 0 and status == _STATUS_ACTIVE:  # size > 0: a BUY or a SELL
-            side: Literal["BUY", "SELL"] = "BUY" if a == BUY else "SELL"
-            if not prot.blocks(side, as_of):
-                notional, why = paper.order_notional(
-                    side,
-                    equity=equity,
-                    size_multiplier=size,
+        # 4. this bar's decision becomes an order (filled at the next bar's open); the halt
+        # and the protections refuse entries only (`accounts.ledger.decide`)
+        halted = status == _STATUS_HALTED
+        if halted and flatten and qty > paper.QTY_EPS:
+            why = "sell all: halt_action flatten (halted)"
+            pending = (paper.sell_all(qty, closes[i], why), t_open[i])
+        elif size > 0:  # a BUY or a SELL
+            side: paper.Side = "BUY" if a == BUY else "SELL"
+            if not order_blocked(side, "halted" if halted else "active", prot, as_of):
+                order = paper.size_order(
+                    side, equity=equity, size_multiplier=size,
                     max_position_fraction=cfg.max_position_fraction,
-                    min_order_notional=cfg.min_order_notional,
-                    position_value=qty * closes[i],
-                )
-                if notional > 0:
-                    pending = _Pending(side, notional, t_open[i], why)
+                    position_qty=qty, price=closes[i], **lots,
+                )[0]  # fmt: skip
+                if order is not None:
+                    pending = (order, t_open[i])
 
         equity_out.append(equity)
         cash_out.append(cash)
