@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from conclave import cli
 from conclave.agents import REGISTRY, Agent
+from conclave.cli.common import fail
 from tests.backtest.test_checks import AnchoredMomentum, PeekingMomentum
 
 BTC_1H = "binance_BTCUSDT_1h_20170817-20221011.csv"
@@ -20,6 +23,29 @@ PERIOD = ["--from", "2021-01-01", "--to", "2021-07-01"]
 
 def _source(candles_dir: Path) -> list[str]:
     return ["--source", f"file:{candles_dir / BTC_1H}", "--symbol", "BTCUSDT", "--timeframe", "1h"]
+
+
+def _file(path: Path) -> list[str]:
+    return ["--source", f"file:{path}", "--symbol", "BTCUSDT", "--timeframe", "1h"]
+
+
+def _doctored_btc(candles_dir: Path, path: Path) -> Path:
+    """Real BTC 1h from December 2020 to February 2021 at ``path``, with two bars' high and
+    low swapped, one close of 0 and one negative volume in January and February."""
+    with (candles_dir / BTC_1H).open() as f:
+        rows = list(csv.reader(f))
+    lo, hi = 1_606_780_800_000, 1_614_556_800_000  # 2020-12-01, 2021-03-01
+    body = [r for r in rows[1:] if lo <= int(r[0]) < hi]
+    at = {int(r[0]): r for r in body}
+    day, jan = 86_400_000, 1_609_459_200_000
+    for d in (9, 19):
+        r = at[jan + d * day]
+        r[2], r[3] = r[3], r[2]
+    at[jan + 31 * day][4] = "0"
+    at[jan + 40 * day][5] = "-1"
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([rows[0], *body])
+    return path
 
 
 def test_json_with_both_checks_and_every_output(
@@ -174,8 +200,120 @@ def test_a_binance_backtest_pages_through_stub_bx_and_agrees_with_live(
     assert shown["parity"]["ok"] is True
     assert shown["parity"]["bars"] >= 8
     limits = [int(h.params["limit"]) for h in hits]
-    # the history in two pages (1,000 then the rest, 59 x 24 + 399 warm-up + 1 bars in all),
-    # then one request of the live pipeline's 529 bars at each bar checked
-    assert limits[:2] == [1000, 59 * 24 + 399 + 1 - 1000]
-    assert limits[2:] == [529] * (len(hits) - 2)
+    # the history in two pages (1,000 then the rest, 59 x 24 + warm-up + 1 bars in all),
+    # then one request of the live pipeline's window at each bar checked
+    warm = shown["settings"]["warmupBars"]
+    assert limits[:2] == [1000, 59 * 24 + warm + 1 - 1000]
+    assert len(set(limits[2:])) == 1
     assert len(hits) - 2 == shown["parity"]["bars"]
+
+
+def test_what_validation_rejected_is_in_the_json_and_the_table(
+    runner: CliRunner, candles_dir: Path, tmp_path: Path
+) -> None:
+    """The shared files validate clean, so a doctored copy of real BTC 1h (in a file whose
+    name holds ``[x]``): four rows rejected, counted by reason in the JSON's ``validation``
+    and in the printed table, the path printed as written, and the rejected bars left as
+    gaps, never filled."""
+    path = _doctored_btc(candles_dir, tmp_path / "btc[x].csv")
+    args = ["backtest", *_file(path), "--from", "2021-01-01", "--to", "2021-03-01"]
+    result = runner.invoke(cli.app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    found = shown["validation"]
+    reasons = {"high below low": 2, "price not positive": 1, "negative volume": 1}
+    assert found["rejected"] == found["base"]["rejected"] == reasons
+    assert found["rejectedRows"] == found["base"]["rejectedRows"] == 4
+    assert found["base"]["rowsKept"] == found["base"]["rowsRead"] - 4
+    assert (found["duplicatesMerged"], found["droppedUnclosed"]) == (0, 0)
+    assert sorted(found["resampled"]) == ["1d", "4h"]
+    assert shown["missingBars"] >= 4
+    assert shown["source"] == f"file:{path}"
+
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    table = result.stdout
+    assert "validation of the rows read" in table
+    assert f"source file:{path}" in table
+    for reason, n in reasons.items():
+        assert re.search(rf"{reason}\s.*\b{n}\b", table), reason
+    assert re.search(r"1h \(base\)[\s│|]+[\d,]+[\s│|]+[\d,]+[\s│|]+4\b", table)
+
+
+def test_a_clean_file_shows_nothing_rejected(runner: CliRunner, candles_dir: Path) -> None:
+    result = runner.invoke(cli.app, ["backtest", *_source(candles_dir), *PERIOD, "--json"])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)["validation"]
+    assert (found["rejectedRows"], found["rejected"], found["duplicatesMerged"]) == (0, {}, 0)
+    assert found["base"]["rowsRead"] == found["base"]["rowsKept"] > 0
+
+
+BAD_ROW = "open_time_ms,open,high,low,close,volume\n1609459200000,[bold]x,2,1,1.5,3\n"
+ALL_REJECTED = "open_time_ms,open,high,low,close,volume\n" + "".join(
+    f"{1_609_459_200_000 + i * 3_600_000},10,9,11,10,1\n" for i in range(30)
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "extra", "code", "says"),
+    [
+        # the file cannot be parsed: the path and the value print as written, with the code
+        ("bad[x].csv", BAD_ROW, [], 3, "bad[x].csv: line 2, column 2: not a number: '[bold]x'"),
+        ("bad[x].csv", BAD_ROW, [], 3, "[invalid_candles]"),
+        ("all[x].csv", ALL_REJECTED, [], 3, "rejected every one of the 30 BTCUSDT 1h rows read"
+                                            " (high below low 30) [invalid_candles]"),
+        (BTC_1H, None, ["--from", "2030-01-01"], 3, "[insufficient_data]"),
+        (BTC_1H, None, ["--to", "2017-01-01"], 3, "no BTCUSDT 1h bar opened before 2017-01-01"),
+        ("missing[x].csv", None, [], 2, "candle path not found:"),
+        (BTC_1H, None, [*PERIOD, "--timeframe", "4h"], 2, "--timeframe:"),
+    ],
+)  # fmt: skip
+def test_bad_data_exits_3_and_bad_options_exit_2(
+    runner: CliRunner,
+    candles_dir: Path,
+    tmp_path: Path,
+    name: str,
+    content: str | None,
+    extra: list[str],
+    code: int,
+    says: str,
+) -> None:
+    """Input the backtest cannot use is told apart from a failed check (exit 1): data that
+    cannot be read, parsed or that holds no usable bar in the period exits 3, a bad option
+    exits 2; one red line each, printed literally (no rich markup eats a ``[...]``)."""
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    elif name == BTC_1H:
+        path = candles_dir / BTC_1H
+    result = runner.invoke(cli.app, ["backtest", *_file(path), *extra])
+    assert result.exit_code == code, result.output
+    assert says in result.stderr
+    if "[" in name and content is not None:
+        assert str(path) in result.stderr
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+
+
+def test_an_output_that_cannot_be_written_exits_2_naming_the_option(
+    runner: CliRunner, candles_dir: Path, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "file[x]"
+    blocker.write_text("a file, not a directory")
+    args = ["backtest", *_source(candles_dir), "--from", "2021-01-01", "--to", "2021-01-15",
+            "--trades", str(blocker / "trades.csv")]  # fmt: skip
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 2, result.output
+    assert f"--trades: cannot write {blocker / 'trades.csv'}" in result.stderr
+
+
+def test_error_text_prints_literally(capsys: pytest.CaptureFixture[str]) -> None:
+    """A message holding rich markup (``[bold]``, ``[/]``, ``[E123]``) and a path with
+    ``[x]`` print character for character after ``error:``."""
+    from rich.console import Console
+
+    message = r"--source: /data/btc[x].csv: [bold]oops[/] [E123] C:\tmp\\"
+    with pytest.raises(typer.Exit) as info:
+        fail(Console(stderr=True, width=40), message, 3)
+    assert info.value.exit_code == 3
+    assert capsys.readouterr().err == f"error: {message}\n"

@@ -4,29 +4,120 @@
 Higher timeframes are built the way the live gateway builds them for this source (resampled
 from the base, or read from the source), and news is every headline up to the end (each bar
 reads only those published by its close). Gaps in the history are kept, never filled.
+What validation removed on the way (rows rejected by reason, duplicates merged, the open
+bar dropped) is kept on `History.validation` for the report.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from conclave.agents import Agent, AgentInput
-from conclave.errors import InvalidRequestError
+from conclave.errors import InsufficientDataError, InvalidCandlesError
 from conclave.market.candles import Candles
 from conclave.market.gateway import MarketGateway, ResamplePolicy
 from conclave.market.resample import resample
 from conclave.market.sources.base import MAX_LIMIT, CandleSource
-from conclave.market.validation import validate
+from conclave.market.validation import ValidationReport, validate
 from conclave.news.headline import Headline, base_asset
 from conclave.news.sources import NewsSource
 from conclave.pipeline.context import InputPlan, fetch_plan, higher_limits
-from conclave.timeframes import DAY_MS, Timeframe
+from conclave.timeframes import DAY_MS, Timeframe, iso_ms
 
 #: Default period for a live source (exchange, simulator) when no start is given.
 DEFAULT_DAYS = 365
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesValidation:
+    """What validation did to one timeframe's rows as read: rows rejected by reason (the
+    first invariant each broke), rows merged into another with the same open time, and
+    bars dropped because they had not closed (B1, B2, B4 of RELIABILITY.md)."""
+
+    timeframe: str
+    rows_read: int
+    rows_kept: int
+    rejected: Mapping[str, int] = field(default_factory=dict)
+    duplicates_merged: int = 0
+    dropped_unclosed: int = 0
+
+    @property
+    def rejected_rows(self) -> int:
+        """Rows rejected, all reasons together."""
+        return sum(self.rejected.values())
+
+    @classmethod
+    def of(
+        cls, raw: Candles, report: ValidationReport, kept: Candles, since_ms: int | None = None
+    ) -> SeriesValidation:
+        """The counts of ``report`` (from validating ``raw`` into ``kept``) over the rows
+        opened at or after ``since_ms`` (ms UTC; None: every row read)."""
+        t = raw.open_time if since_ms is None else raw.open_time[raw.open_time >= since_ms]
+        kept_t = kept.open_time if since_ms is None else kept.open_time[kept.open_time >= since_ms]
+        reasons = Counter(
+            r.reason for r in report.rejected if since_ms is None or r.open_time_ms >= since_ms
+        )
+        return cls(
+            timeframe=raw.timeframe.name,
+            rows_read=len(t),
+            rows_kept=len(kept_t),
+            rejected=dict(reasons.most_common()),
+            duplicates_merged=len(t) - len(np.unique(t)),
+            dropped_unclosed=report.dropped_unclosed,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON form (camelCase keys)."""
+        return {
+            "timeframe": self.timeframe,
+            "rowsRead": self.rows_read,
+            "rowsKept": self.rows_kept,
+            "rejectedRows": self.rejected_rows,
+            "rejected": dict(self.rejected),
+            "duplicatesMerged": self.duplicates_merged,
+            "droppedUnclosed": self.dropped_unclosed,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryValidation:
+    """Validation of the history's base rows (from the first warm-up bar on) and of each
+    higher timeframe read from the source; ``resampled`` names those built from the base's
+    validated bars instead (nothing of theirs to reject)."""
+
+    base: SeriesValidation
+    higher: tuple[SeriesValidation, ...] = ()
+    resampled: tuple[str, ...] = ()
+
+    @property
+    def series(self) -> tuple[SeriesValidation, ...]:
+        """The base, then each higher timeframe read."""
+        return (self.base, *self.higher)
+
+    def to_json(self) -> dict[str, Any]:
+        """Totals over every timeframe read, then the base and each higher one."""
+        rejected: Counter[str] = Counter()
+        for s in self.series:
+            rejected.update(s.rejected)
+        return {
+            "rejectedRows": sum(rejected.values()),
+            "rejected": dict(rejected.most_common()),
+            "duplicatesMerged": sum(s.duplicates_merged for s in self.series),
+            "droppedUnclosed": sum(s.dropped_unclosed for s in self.series),
+            "base": self.base.to_json(),
+            "higher": [s.to_json() for s in self.higher],
+            "resampled": list(self.resampled),
+        }
+
+
+def rejected_text(rejected: Mapping[str, int]) -> str:
+    """``high below low 2, price not positive 1`` (``-`` when nothing was rejected)."""
+    return ", ".join(f"{reason} {n:,}" for reason, n in rejected.items()) or "-"
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -36,6 +127,7 @@ class History:
     ``candles`` holds ``start`` warm-up bars before the period (they feed the agents'
     windows; no trading there). ``higher`` maps higher timeframe names to their whole
     history; ``resampled`` names those built from the base (as the live gateway would).
+    ``validation`` counts what validation removed while loading (None: built by hand).
     """
 
     symbol: str
@@ -47,6 +139,7 @@ class History:
     news: tuple[Headline, ...] | None
     source: str
     simulated: bool
+    validation: HistoryValidation | None = None
 
     @property
     def period(self) -> Candles:
@@ -84,7 +177,8 @@ async def load_history(
 
     The period holds the bars opened at or after ``start_ms`` and closed at or before
     ``end_ms`` (None: the newest the source has; a file's start, or `DEFAULT_DAYS` before
-    the end for a live source). Raises `InvalidRequestError` when the period holds no bar.
+    the end for a live source). Raises `InsufficientDataError` when the period holds no
+    bar, and `InvalidCandlesError` when validation rejects every row read.
     """
     tf = Timeframe.parse(timeframe)
     warm, _ = fetch_plan(agents.values(), tf.name)  # the warm-up: the longest lookback
@@ -99,19 +193,31 @@ async def load_history(
         limit = min(MAX_LIMIT, tf.bars_between(first, end) + warm + 1)
     raw = await source.get_candles(symbol, tf, limit, end)
     if len(raw) == 0:
-        raise InvalidRequestError(f"{source.name} has no {symbol} {tf} bars", field="symbol")
+        before = "" if end is None else f" opened before {iso_ms(end)}"
+        raise InsufficientDataError(f"{source.name} has no {symbol} {tf} bar{before}")
     as_of = int(raw.close_time[-1]) if end is None else end
-    candles, _ = validate(raw, as_of, require_fresh=False)
+    candles, report = validate(raw, as_of, require_fresh=False)
+    if len(candles) == 0:
+        found = SeriesValidation.of(raw, report, candles)
+        raise InvalidCandlesError(
+            f"{source.name}: validation rejected every one of the {len(raw):,} {symbol} {tf}"
+            f" rows read ({rejected_text(found.rejected)})"
+        )
     first_in = 0 if start_ms is None else int(np.searchsorted(candles.open_time, start_ms))
     if first_in >= len(candles):
-        raise InvalidRequestError(
-            f"no {symbol} {tf} bar from {start_ms} ms to {as_of} ms in {source.name}", field="from"
+        raise InsufficientDataError(
+            f"no {symbol} {tf} bar from {iso_ms(start_ms or 0)} in {source.name}: its last"
+            f" usable bar before {iso_ms(as_of)} opened at {iso_ms(candles.last_open_ms or 0)}"
         )
     cut = max(0, first_in - warm)
+    # count what validation removed from the rows the history uses: those after the last
+    # bar left out before the warm-up
+    since = None if cut == 0 else int(candles.open_time[cut - 1]) + 1
     candles = candles.take(slice(cut, None))
     start = first_in - cut
+    base = SeriesValidation.of(raw, report, candles, since)
 
-    higher, resampled = await _higher(source, candles, agents, tf, resample_policy)
+    higher, resampled, read = await _higher(source, candles, agents, tf, resample_policy)
     news: tuple[Headline, ...] | None = None
     if news_source is not None and any(a.needs.news for a in agents.values()):
         news = tuple(news_source.headlines(base_asset(symbol), int(candles.close_time[-1])))
@@ -125,6 +231,7 @@ async def load_history(
         news=news,
         source=source.name,
         simulated=source.simulated,
+        validation=HistoryValidation(base, read, tuple(n for n in higher if n in resampled)),
     )
 
 
@@ -134,16 +241,18 @@ async def _higher(
     agents: Mapping[str, Agent],
     tf: Timeframe,
     policy: ResamplePolicy,
-) -> tuple[dict[str, Candles], frozenset[str]]:
-    """Each higher timeframe the agents read, built as the live gateway builds it."""
+) -> tuple[dict[str, Candles], frozenset[str], tuple[SeriesValidation, ...]]:
+    """Each higher timeframe the agents read, built as the live gateway builds it, and what
+    validation removed from those read from the source."""
     limit, names = fetch_plan(agents.values(), tf.name)
     if not names:
-        return {}, frozenset()
+        return {}, frozenset(), ()
     wanted = higher_limits([InputPlan.of(agent, tf.name) for agent in agents.values()])
     gateway = MarketGateway(source, resample=policy)
     higher_tfs = [Timeframe.parse(h) for h in names]
     _, planned = gateway.resample_plan(tf, higher_tfs, limit, limit if wanted is None else wanted)
     out: dict[str, Candles] = {}
+    read: list[SeriesValidation] = []
     first, end = int(candles.open_time[0]), int(candles.close_time[-1])
     for name in names:
         htf = Timeframe.parse(name)
@@ -154,5 +263,10 @@ async def _higher(
         spare = limit if wanted is None else wanted.get(name, limit)
         n = min(MAX_LIMIT, htf.bars_between(htf.floor(first), htf.floor(end)) + spare + 2)
         got = await source.get_candles(candles.symbol, htf, n, htf.floor(end))
-        out[name], _ = validate(got, end, require_fresh=False) if len(got) else (got, None)
-    return out, frozenset(t.name for t in planned)
+        if len(got) == 0:
+            out[name] = got
+            read.append(SeriesValidation(name, 0, 0))
+            continue
+        out[name], report = validate(got, end, require_fresh=False)
+        read.append(SeriesValidation.of(got, report, out[name]))
+    return out, frozenset(t.name for t in planned), tuple(read)

@@ -1,11 +1,16 @@
 """``conclave backtest``: the live agents, decision, execution and risk rules over history.
 
-Prints the performance next to buy-and-hold, the per-agent skill and the gaps found, or
-with ``--json`` one JSON object on stdout (progress goes to stderr). ``--check-parity N``
-runs the live pipeline at N seeded bars and exits 1 when any value differs by more than
-1e-9 or any status or action differs; ``--check-lookahead K`` recomputes every agent on the
-history cut at K bars and exits 1 unless it matches exactly. Bad input exits 2 naming the
-option. Registered on the root app by `conclave.cli`.
+Prints the performance next to buy-and-hold, the per-agent skill, what validation removed
+from the data and the gaps found, or with ``--json`` one JSON object on stdout (progress
+goes to stderr). ``--check-parity N`` runs the live pipeline at N seeded bars and fails when
+any value differs by more than 1e-9 or any status or action differs; ``--check-lookahead K``
+recomputes every agent on the history cut at K bars and fails unless it matches exactly.
+
+Exit codes: 0 ok; 1 a check failed (the figures are printed first), or the run failed for
+another reason (a source unreachable, an agent raised); 2 bad options, naming the option;
+3 bad data: the candles cannot be read or parsed, the period holds no bar, validation
+rejected every row, or an exchange answered with unusable data. Registered on the root app
+by `conclave.cli`.
 """
 
 from __future__ import annotations
@@ -13,14 +18,12 @@ from __future__ import annotations
 import difflib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from conclave.agents import Agent
 from conclave.cli.common import (
@@ -32,12 +35,23 @@ from conclave.cli.common import (
     parse_instant,
     run_or_fail,
 )
-from conclave.errors import InvalidRequestError
+from conclave.errors import (
+    ExchangeDataError,
+    InsufficientDataError,
+    InvalidCandlesError,
+    InvalidRequestError,
+)
 from conclave.market.sources import open_source
 from conclave.pipeline.decision import ALL_AGENTS, ANALYSIS_AGENTS, RISK_AGENT, DecisionConfig
 
 if TYPE_CHECKING:  # the engine is imported when the command runs: `conclave agent serve`
     from conclave.backtest.settings import BacktestSettings  # shares this CLI's import cost
+
+T = TypeVar("T")
+
+#: Errors that mean the data cannot be backtested: exit 3, not 2 (options) or 1 (checks).
+DATA_ERRORS = (InvalidCandlesError, InsufficientDataError, ExchangeDataError)
+EXIT_CHECK_FAILED, EXIT_BAD_OPTIONS, EXIT_BAD_DATA = 1, 2, 3
 
 PHASES = {
     "agents": "agents (vectorized)",
@@ -97,75 +111,6 @@ def decision_config(agents: tuple[str, ...], weights: Mapping[str, float]) -> De
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         first = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
         raise InvalidRequestError(first.removeprefix("Value error, "), field="weights") from None
-
-
-def _pct(x: Any) -> str:
-    return "-" if x is None else f"{100.0 * float(x):+.2f}%"
-
-
-def _dd(x: Any) -> str:
-    return "-" if x is None else f"{-100.0 * float(x):.2f}%"
-
-
-def _num(x: Any, digits: int = 2) -> str:
-    return "-" if x is None else f"{float(x):,.{digits}f}"
-
-
-def print_summary(out: Console, summary: Mapping[str, Any]) -> None:
-    """The performance next to buy-and-hold, the agents' skill, and the gaps."""
-    perf = summary["performance"]
-    bh = perf["buyAndHold"]
-    label = " (SIMULATED)" if summary.get("simulated") else ""
-    out.print(
-        f"[bold]{summary['symbol']} {summary['timeframe']}[/] from {summary['from']} to"
-        f" {summary['to']}: {summary['bars']:,} bars, source {summary['source']}{label}"
-    )
-    table = Table(title="performance", title_justify="left")
-    for name in ("", "strategy", "buy and hold"):
-        table.add_column(name, justify="left" if not name else "right")
-    rows = [
-        ("total return", _pct(perf["totalReturn"]), _pct(bh["totalReturn"])),
-        ("CAGR", _pct(perf["cagr"]), _pct(bh["cagr"])),
-        ("Sharpe", _num(perf["sharpe"]), _num(bh["sharpe"])),
-        ("Sortino", _num(perf["sortino"]), _num(bh["sortino"])),
-        ("max drawdown", _dd(perf["maxDrawdown"]), _dd(bh["maxDrawdown"])),
-        ("win rate (sells)", _pct(perf["winRate"]).lstrip("+"), ""),
-        ("trades (fills)", f"{perf['trades']:,} ({perf['roundTrips']:,} round trips)", "1"),
-        ("exposure: time in market", _pct(perf["timeInMarket"]).lstrip("+"), "100.00%"),
-        ("exposure: mean of equity", _pct(perf["meanExposure"]).lstrip("+"), "100.00%"),
-        ("fees paid", _num(perf["feesPaid"]), ""),
-        ("final equity", _num(perf["finalEquity"]), _num(bh["finalEquity"])),
-    ]
-    for row in rows:
-        table.add_row(*row)
-    out.print(table)
-
-    skill = Table(title="agent skill against the next bar's return", title_justify="left")
-    for name in ("agent", "signals", "hit rate", "IC", "mean signed return"):
-        skill.add_column(name, justify="left" if name == "agent" else "right")
-    for s in summary["skill"]:
-        skill.add_row(
-            s["name"],
-            f"{s['signals']:,}",
-            _pct(s["hitRate"]).lstrip("+") if s["hitRate"] is not None else "-",
-            _num(s["ic"], 4),
-            "-" if s["meanSignedReturn"] is None else f"{1e4 * s['meanSignedReturn']:+.2f} bp",
-        )
-    out.print(skill)
-    gaps = summary["gaps"]
-    if gaps:
-        out.print(
-            f"[yellow]gaps[/]: {len(gaps)} in the period, {summary['missingBars']:,} bars"
-            " missing (not filled: orders fill at the next bar that exists)"
-        )
-    else:
-        out.print("gaps: none")
-    t = summary["timings"]
-    out.print(
-        f"excess return over buy and hold: {_pct(perf['excess'])}; backtest"
-        f" took {t.get('total_s', 0.0):.3f} s: agents {t.get('agents_s', 0.0):.3f} s,"
-        f" decision {t.get('decision_s', 0.0):.3f} s, account {t.get('account_s', 0.0):.3f} s"
-    )
 
 
 def backtest(
@@ -237,48 +182,45 @@ def backtest(
             if path is not None and path.suffix.lower() not in kinds:
                 raise InvalidRequestError(f"{path} must end in {' or '.join(kinds)}", field=flag)
     except InvalidRequestError as exc:
-        fail(state.err, f"--{exc.field}: {exc}", 2)
+        fail(state.err, f"--{exc.field}: {exc}", EXIT_BAD_OPTIONS)
     news_source = None
     news_spec = news or state.settings.news.source
     if news_spec:
         news_source = open_news(state, news_spec)
     summary, failed = run_or_fail(
         state,
-        _backtest(
+        _bad_data_exits_3(state, _backtest(
             state, spec, symbol, timeframe, start, end, names, settings, news_source,
             check_parity, check_lookahead, seed, signals, trades, report, png,
-        ),
+        )),
     )  # fmt: skip
     if as_json:
         typer.echo(json.dumps(summary, allow_nan=False))
     else:
+        from conclave.backtest.table import check_lines, print_summary
+
         print_summary(state.out, summary)
-        for line in _check_lines(summary):
-            state.out.print(line)
+        for line in check_lines(summary):
+            state.out.print(line, soft_wrap=True)
     if failed:
-        fail(state.err, failed, 1)
+        fail(state.err, failed, EXIT_CHECK_FAILED)
 
 
-def _check_lines(summary: Mapping[str, Any]) -> list[str]:
-    lines = []
-    parity = summary.get("parity")
-    if parity is not None:
-        verdict = "[green]agrees[/]" if parity["ok"] else "[red]DIFFERS[/]"
-        lines.append(
-            f"parity with live: {verdict} at {parity['bars']} bars, largest difference"
-            f" {parity['maxAbsDiff']:.3g} (tolerance {parity['tolerance']:g}),"
-            f" {parity['mismatchCount']} status/action mismatches"
-        )
-    look = summary.get("lookahead")
-    if look is not None:
-        verdict = "[green]none[/]" if look["ok"] else "[red]FOUND[/]"
-        lines.append(
-            f"lookahead: {verdict}; {len(look['agents'])} agents recomputed on history cut at"
-            f" {look['cuts']} bars"
-        )
-    for item in summary.get("written", []):
-        lines.append(f"wrote {item}")
-    return lines
+async def _bad_data_exits_3(state: CliState, run: Coroutine[Any, Any, T]) -> T:
+    """Await ``run``; data that cannot be backtested prints one red line and exits 3."""
+    try:
+        return await run
+    except DATA_ERRORS as exc:
+        fail(state.err, f"bad data: {exc} [{exc.reason}]", EXIT_BAD_DATA)
+
+
+def _write(flag: str, path: Path, write: Callable[[], object]) -> None:
+    """Run ``write``; a path that cannot be written is a bad ``--flag`` (exit 2)."""
+    try:
+        write()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise InvalidRequestError(f"cannot write {path}: {reason}", field=flag) from exc
 
 
 async def _backtest(
@@ -316,8 +258,9 @@ async def _backtest(
         raise InvalidRequestError("--to must be after --from", field="to")
     chosen: dict[str, Agent] = {n: REGISTRY[n]() for n in names}
     source = open_source(spec, state.settings, now_ms=state.now_ms)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())  # fmt: skip
+    # markup off: a path may hold "[x]", which rich markup would swallow
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(),
+               MofNCompleteColumn(), TimeElapsedColumn())  # fmt: skip
     failed = ""
     try:
         with Progress(*columns, console=state.err, transient=True) as bar:
@@ -349,21 +292,23 @@ async def _backtest(
         result,
         parity=None if parity is None else parity.to_json(),
         lookahead=None if lookahead is None else lookahead.to_json(),
+        validation=None if history.validation is None else history.validation.to_json(),
     )
     written: list[str] = []
     if signals is not None:
-        write_table(signals_table(result), signals)
+        _write("signals", signals, lambda: write_table(signals_table(result), signals))
         written.append(f"signals: {signals} ({len(result):,} rows)")
     if trades is not None:
-        write_table(trades_table(result), trades)
+        _write("trades", trades, lambda: write_table(trades_table(result), trades))
         written.append(f"trades: {trades} ({len(result.fills):,} fills)")
     if png is not None:
-        plot_png(result, png)
+        _write("png", png, lambda: plot_png(result, png))
         written.append(f"chart: {png}")
     if report is not None:
         chart = png if png is not None else report.with_suffix(".png")
-        write_html(result, report, png_path=chart,
-                   parity=None if parity is None else parity.to_json())  # fmt: skip
+        parity_json = None if parity is None else parity.to_json()
+        _write("report", report,
+               lambda: write_html(result, report, png_path=chart, parity=parity_json))  # fmt: skip
         written.append(f"report: {report} (chart {chart})")
     summary["written"] = written
     if parity is not None and not parity.ok():

@@ -1,7 +1,9 @@
 """What every command module shares: the state the root callback builds, and the edge helpers.
 
 Every expected failure prints one red line: bad input and bad settings exit 2, failures of a
-source exit 1; no tracebacks for either. This module imports no command module.
+source exit 1; no tracebacks for either. Messages print literally (never as rich markup), so
+a ``[x]`` in a path or an ``[E123]`` code in a message shows as written. This module
+imports no command module.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from conclave.errors import ConclaveError, ConfigurationError, InvalidRequestError
 from conclave.market.sources.base import check_symbol
@@ -41,8 +44,8 @@ class CliState:
 
 
 def fail(err: Console, message: str, code: int) -> NoReturn:
-    """Print ``message`` as one red line on ``err`` and exit with ``code``."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    """Print ``message`` literally (no markup) after a red ``error:`` on ``err``; exit ``code``."""
+    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
