@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 import structlog
 
 from conclave.errors import ConfigurationError
@@ -23,6 +24,7 @@ from conclave.market.exchange_time import (
     ClockSample,
     ExchangeClock,
     InProcessOffsets,
+    RedisOffsets,
     make_offset_store,
 )
 from conclave.market.gateway import MarketGateway
@@ -234,9 +236,11 @@ async def test_no_partial_candle_around_a_close_under_skew(
     server_now = stub.server_ms()
     snap = await gateway.snapshot("BTCUSDT", "1h", limit=48, as_of_ms=local_ms)
     assert int(snap.base.close_time[-1]) <= server_now
-    assert snap.as_of_ms == min(local_ms, server_now)
+    margin = src.exchange_clock.margin_ms  # half the measured round trip: what it may be off
+    assert 0 < margin <= 1000
+    assert snap.as_of_ms == min(local_ms, server_now - margin)
     as_of = await gateway.now_ms(wall())
-    assert as_of == server_now
+    assert as_of == server_now - margin
     snap = await gateway.snapshot("BTCUSDT", "1h", higher=["4h"], limit=48, as_of_ms=as_of)
     assert int(snap.base.close_time[-1]) == H1.floor(server_now)  # fresh, and closed
     assert int(snap.candles["4h"].close_time[-1]) <= server_now
@@ -285,8 +289,8 @@ def replica(stub: FakeBinance, wall: Wall, redis_url: str, prefix: str) -> Binan
 async def test_two_replicas_share_one_offset_through_redis(
     stub: FakeBinance, wall: Wall, redis_url: str, redis_prefix: str
 ) -> None:
-    """Replica B uses the offset replica A measured (no request of its own), until it is due
-    again; then B measures and A adopts B's."""
+    """Replica B on the same host uses the offset replica A measured (no request of its own),
+    until it is due again; then B measures and A adopts B's."""
     a, b = (replica(stub, wall, redis_url, redis_prefix) for _ in "ab")
     stub.skew_ms = 2000
     await a.exchange_clock.sync()
@@ -295,7 +299,8 @@ async def test_two_replicas_share_one_offset_through_redis(
     assert time_hits(stub) == 1
     assert b.exchange_clock.sample == a.exchange_clock.sample
     assert b.exchange_clock.now_ms() == wall.t + 2000
-    ttl_ms = redis.Redis.from_url(redis_url).pttl(f"{redis_prefix}:exchange_time:binance")
+    key = f"{redis_prefix}:exchange_time:binance:{socket.gethostname()}"
+    ttl_ms = redis.Redis.from_url(redis_url).pttl(key)
     assert 0 < ttl_ms <= 600_000
     wall.t += 61_000
     await b.exchange_clock.sync()
@@ -322,3 +327,43 @@ async def test_redis_down_still_measures_in_process_with_a_warning(
     await src.aclose()
     assert src.exchange_clock.offset_ms == 1500
     assert any(e["event"] == "exchange_time_redis_unavailable" for e in logs)
+
+
+@pytest.mark.redis
+async def test_another_host_measures_its_own_offset(redis_url: str, redis_prefix: str) -> None:
+    """An offset is exchange minus one host's clock: a store on another host name never hands
+    it over (a host 2 s slow would otherwise move a correct host 2 s early)."""
+    wall = Wall(CLOSE)
+    measured: list[str] = []
+
+    def clock_on(host: str, offset: int) -> ExchangeClock:
+        async def probe() -> ClockSample:
+            measured.append(host)
+            return ClockSample(offset, 10.0, wall.t)
+
+        client = redis.asyncio.Redis.from_url(redis_url)
+        store = RedisOffsets(client, key_prefix=redis_prefix, host=host)
+        return ExchangeClock(probe, store, local_ms=wall)
+
+    slow, right = clock_on("slow-host", 2000), clock_on("right-host", 0)
+    await slow.sync()
+    await right.sync()
+    assert measured == ["slow-host", "right-host"]
+    assert (slow.offset_ms, right.offset_ms) == (2000, 0)
+    await slow.aclose()
+    await right.aclose()
+
+
+async def test_closed_candle_time_leaves_out_half_the_round_trip() -> None:
+    """A sample with a 401 ms round trip may be 201 ms off: closed-candle time is exchange time
+    less that, so a bar closing inside the uncertainty is not taken as closed."""
+    wall = Wall(CLOSE + 100)
+
+    async def probe() -> ClockSample:
+        return ClockSample(0, 401.0, wall.t)
+
+    clock = ExchangeClock(probe, InProcessOffsets(), local_ms=wall)
+    await clock.sync()
+    assert clock.margin_ms == 201
+    assert clock.now_ms() == CLOSE + 100
+    assert clock.closed_by_ms(wall.t) == CLOSE - 101  # the bar closing at CLOSE: not yet

@@ -79,13 +79,15 @@ async def test_a_run_for_a_candle_closing_in_a_second_uses_the_previous_closed_o
     assert run["decision"]["status"] in ("ok", "blocked")  # a real decision, not a data failure
     server_now = stub.server_ms()
     assert server_now == CLOSE - 1000
-    assert run["asOf"] == iso_ms(server_now)
+    runtime = api.app.state.runtime  # type: ignore[attr-defined]
+    margin = runtime.gateway.exchange_clock.margin_ms  # half the measured round trip
+    assert 0 < margin <= 1000
+    assert run["asOf"] == iso_ms(server_now - margin)
     klines = stub.requests()
     assert klines, "the run fetched candles"
     assert [h.open_rows for h in klines] == [0] * len(klines)
     # every bar asked for opened before 09:00, so closed by 10:00 - 1 s on Binance's clock
     assert all(int(h.params["endTime"]) < H1.floor(server_now) for h in klines)
-    runtime = api.app.state.runtime  # type: ignore[attr-defined]
     assert runtime.now_ms() == server_now  # the scheduler and watchdog read this clock
 
 

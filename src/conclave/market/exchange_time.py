@@ -8,9 +8,13 @@ exceeds ``max_rtt_ms`` is ignored. The offset is re-measured once it is ``refres
 demand (`ExchangeClock.sync`, awaited before a run and by the gateway); in between,
 `ExchangeClock.now_ms` applies the last offset without any I/O.
 
-Samples are shared like the rate limiter's pause latch: `InProcessOffsets` in one process,
-`RedisOffsets` across a fleet (one key holding the newest sample, with a PX expiry), so every
-replica applies one measured offset and one measurement per interval serves them all. When
+An offset belongs to the clock it was measured against, so for closed-candle decisions
+`ExchangeClock.closed_by_ms` also takes off half the round trip (`margin_ms`): the time the
+exchange has surely reached. Samples are shared like the rate limiter's pause latch:
+`InProcessOffsets` in one process, `RedisOffsets` across the processes of one host (one key per
+host name holding the newest sample, with a PX expiry), so the orchestrator's workers, the
+agent services and the scheduler on a host apply one measured offset and one measurement per
+interval serves them all; another host, with another clock, measures its own. When
 Redis fails the Redis store falls back to in-process with a warning (RELIABILITY.md D1). A
 failed or ignored measurement never fails the caller: the last offset stays (none at all:
 the local clock) and the next attempt waits `RETRY_S`.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -142,10 +147,13 @@ class RedisOffsets:
         *,
         key_prefix: str,
         exchange: str = "binance",
+        host: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._r = client
-        self.key = f"{key_prefix}:exchange_time:{exchange}"
+        # an offset is exchange minus THIS host's clock: processes on one host share it,
+        # another host (another clock) measures its own
+        self.key = f"{key_prefix}:exchange_time:{exchange}:{host or socket.gethostname()}"
         self._clock = clock
         self._local = InProcessOffsets()
         self._down_until = -math.inf
@@ -251,6 +259,17 @@ class ExchangeClock:
     def offset_ms(self) -> int:
         """Exchange minus local time in ms (0 while nothing was measured)."""
         return 0 if self._sample is None else self._sample.offset_ms
+
+    @property
+    def margin_ms(self) -> int:
+        """Half the sample's round trip, rounded up: how far the offset may be off either way
+        (0 while nothing was measured)."""
+        return 0 if self._sample is None else math.ceil(self._sample.rtt_ms / 2)
+
+    def closed_by_ms(self, local_ms: int) -> int:
+        """The latest time (ms UTC) the exchange has surely reached at ``local_ms``: its time
+        less `margin_ms`, so a bar is never taken as closed before the exchange closed it."""
+        return self.to_exchange_ms(local_ms) - self.margin_ms
 
     @property
     def skew_warning(self) -> bool:

@@ -113,11 +113,12 @@ class MarketGateway:
 
     async def now_ms(self, local_now_ms: int) -> int:
         """Now in ms UTC for closed-candle decisions: ``local_now_ms`` plus the exchange's
-        measured offset for a live source (refreshed when due), else ``local_now_ms``."""
+        measured offset less half its round trip for a live source (refreshed when due; see
+        `ExchangeClock.closed_by_ms`), else ``local_now_ms``."""
         if self.exchange_clock is None:
             return local_now_ms
         await self.exchange_clock.sync()
-        return self.exchange_clock.to_exchange_ms(local_now_ms)
+        return self.exchange_clock.closed_by_ms(local_now_ms)
 
     def resample_plan(
         self,
@@ -187,7 +188,9 @@ class MarketGateway:
 
         if self.exchange_clock is not None:
             # nothing is closed that the exchange still has open, whatever our clock says
-            as_of_ms = min(as_of_ms, await self.exchange_clock.exchange_now_ms())
+            await self.exchange_clock.sync()
+            local = self.exchange_clock.local_ms()
+            as_of_ms = min(as_of_ms, self.exchange_clock.closed_by_ms(local))
         base_limit, resampled = self.resample_plan(base, highers, limit, wanted)
         fetched = [tf for tf in highers if tf not in resampled]
         requests = [(base, base_limit)] + [
