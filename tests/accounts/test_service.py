@@ -176,19 +176,20 @@ async def test_a_halted_account_refuses_entries_but_executes_exits(
 async def test_flatten_sells_the_whole_position_at_the_next_open_when_halted(
     service: AccountService,
 ) -> None:
-    """halt_action flatten: the run that halts places a sell-all whatever its decision; it
-    fills whole at the next open, even above the decision's close; a BLOCKED run does not."""
+    """halt_action flatten: the run that halts places a sell-all whatever its decision, a
+    BLOCKED one included (closing needs no risk verdict); it fills whole at the next open,
+    even above the decision's close."""
     acct = await _halted_with_a_position(service, halt_action="flatten")
     blocked = run("HOLD")
     blocked["decision"] |= {"status": "blocked", "action": "BLOCKED"}
-    none = await service.process_run(acct, blocked, bars=[bar(2, 100, 74)])
-    assert (none["status"], none["order"]) == ("halted", None)
-    halted = await service.process_run(acct, run("BUY"), bars=[bar(3, 74, 74)])
+    halted = await service.process_run(acct, blocked, bars=[bar(2, 100, 74)])
+    assert halted["status"] == "halted"
     assert halted["order"]["side"] == "SELL"
     assert "flatten" in halted["order"]["reason"]
-    out = await service.process_run(acct, run("HOLD"), bars=[bar(3, 74, 74), bar(4, 80, 80)])
+    out = await service.process_run(acct, run("HOLD"), bars=[bar(2, 100, 74), bar(3, 80, 80)])
     (fill,) = out["fills"]
     assert fill["side"] == "SELL"
+    assert fill["price"] > 74
     shown = await service.get(acct)
     assert shown is not None
     assert shown["positions"][0]["qty"] == 0.0

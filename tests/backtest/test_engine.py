@@ -193,8 +193,16 @@ async def test_the_account_loop_is_the_live_account_path_bar_by_bar(
         assert got["qty"] == pytest.approx(want.qty, rel=1e-12)
         assert got["price"] == pytest.approx(want.price, rel=1e-12)
         assert got["fee"] == pytest.approx(want.fee, rel=1e-12)
+    # the reader's curve starts at the last automatic resume (``risk_since_ms``), as the
+    # backtest's own window does
+    since = int(result.trace.risk_since_ms[-1])
+    first = int(np.searchsorted(period.close_time, since)) if since >= 0 else 0
     state = await reader.read(acct, as_of_ms=int(period.close_time[-1]))
-    assert np.allclose(state.equity, result.equity, rtol=1e-12, atol=0)
+    assert np.allclose(state.equity, result.equity[first:], rtol=1e-12, atol=0)
+    resumes = [e for e in (await service.get(acct) or {})["riskEvents"] if e["kind"] == "resume"]
+    auto = {e["tMs"] for e in resumes if e["reason"].startswith("resume: flat")}
+    assert auto  # an automatic resume happened, at the same bars in both
+    assert auto == {int(t) for t in set(result.trace.risk_since_ms.tolist()) - {-1}}
     assert statuses == ["halted" if h else "active" for h in result.trace.halted]
     assert {"halted", "active"} <= set(statuses)
     assert (result.trace.paused_until_ms > 0).any()  # the streak guard tripped

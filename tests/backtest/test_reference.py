@@ -5,8 +5,10 @@ that halts, resumes, cooldowns and the streak guard all happen), a reference rep
 period bar by bar with the live functions themselves and nothing vectorized or cached:
 `decide` on `StepResult`s, the `RiskManager` agent on an `AccountState` built from the
 curve so far, `accounts.paper` sizing and fills (lot rules included),
-`accounts.risk.assess`/`transition`/`after_trade`/`order_blocked` (entries only), and the
-``flatten`` halt action as `accounts.ledger.decide` applies it. The engine must give the
+`accounts.risk.assess`/`transition`/`auto_resume` (a halted, flat account resumes after
+``halt_resume_s`` and its curve restarts there, as `accounts.ledger.record` and the reader's
+``risk_since_ms`` do)/`after_trade`/`order_blocked` (entries only), and the ``flatten``
+halt action as `accounts.ledger.decide` applies it. The engine must give the
 same action, size, risk level, equity, halt status and fills.
 """
 
@@ -26,8 +28,10 @@ from conclave.accounts import AccountConfig, paper
 from conclave.accounts.paper import Bar, Position
 from conclave.accounts.risk import (
     Protections,
+    Status,
     after_trade,
     assess,
+    auto_resume,
     order_blocked,
     start_of_day,
     transition,
@@ -81,7 +85,9 @@ def reference(history: History, bt: BacktestSettings) -> Replay:
     times: list[int] = []
     values: list[float] = []
     cash, pos, mark = bt.starting_balance, Position(), 0.0
-    status, prot = "active", Protections()
+    status: Status = "active"
+    prot = Protections()
+    halted_at: int | None = None
     pending: tuple[paper.Order, int] | None = None
     lots = {"min_order_notional": cfg.min_order_notional, "qty_step": cfg.qty_step}
     bar_ms = period.timeframe.ms
@@ -130,7 +136,12 @@ def reference(history: History, bt: BacktestSettings) -> Replay:
         values.append(equity)
         snap = assess(times, values, exposure=abs(pos.qty * mark), config=cfg,
                       starting_balance=bt.starting_balance)  # fmt: skip
-        status = transition(status, snap, cfg)[0]  # type: ignore[arg-type]
+        status, why = transition(status, snap, cfg)
+        if why and status == "halted":
+            halted_at = as_of
+        elif not why and auto_resume(status, halted_at, as_of, pos.qty <= paper.QTY_EPS, cfg):
+            # `accounts.ledger.record`: resumed, the risk window restarts at this point
+            status, times, values = "active", [as_of], [equity]
         out.equity.append(equity)
         out.halted.append(status == "halted")
         if status == "halted" and cfg.halt_action == "flatten" and pos.qty > paper.QTY_EPS:
@@ -172,17 +183,19 @@ daily = st.sampled_from([(0.005, 0.01, 0.015), (0.01, 0.02, 0.03), (0.02, 0.03, 
     fee=st.sampled_from([0.0, 0.001, 0.0075]),
     buy=st.sampled_from([0.05, 0.1, 0.15]),
     halt_action=st.sampled_from(["block_entries", "flatten"]),
+    resume_s=st.sampled_from([0, 6 * 3600, 86_400]),
     minimum=st.sampled_from([10.0, 300.0]),
 )
 def test_the_engine_is_a_plain_replay_of_the_live_code(
     btc: FileSource, start: int, dd: tuple[float, float, float],
     loss: tuple[float, float, float], fraction: float, hysteresis: float, streak: int,
-    fee: float, buy: float, halt_action: str, minimum: float,
+    fee: float, buy: float, halt_action: str, resume_s: int, minimum: float,
 ) -> None:  # fmt: skip
     cfg = AccountConfig(drawdown_limits=dd, daily_loss_limits=loss, max_position_fraction=fraction,
                         hysteresis=hysteresis, stoploss_streak=streak, stoploss_pause_bars=5,
                         cooldown_bars=2, max_exposure=0.9, halt_action=halt_action,
-                        min_order_notional=minimum, qty_step=1e-5)  # fmt: skip
+                        halt_resume_s=resume_s, min_order_notional=minimum,
+                        qty_step=1e-5)  # fmt: skip
     from conclave.pipeline.decision import DecisionConfig
 
     decision = DecisionConfig(buy_threshold=buy, sell_threshold=buy, strong_threshold=0.5)

@@ -199,13 +199,29 @@ def flatten_bound(trace: AccountTrace, period: Candles, bt: BacktestSettings, k:
     return float(1.0 - (1.0 - bt.account.drawdown_limits[2]) * kept * cost)
 
 
+def window_drawdown(trace: AccountTrace, period: Candles) -> np.ndarray:
+    """Drawdown from the peak of the account's risk window: the running peak restarts at
+    each automatic resume (``risk_since_ms``: the bar it resumed at), as the account's own."""
+    equity, since = trace.equity, trace.risk_since_ms
+    out = np.empty_like(equity)
+    peak = -np.inf
+    for t in range(len(equity)):
+        if since[t] == int(period.close_time[t]):  # resumed here: the peak restarts
+            peak = -np.inf
+        peak = max(peak, float(equity[t]))
+        out[t] = 1.0 - equity[t] / peak
+    return out
+
+
 def past_the_bound(scenario: Scenario) -> list[int]:
-    """Bars where drawdown is above the halt limit while active, or above `flatten_bound`
-    of the bar on which the account became halted while halted."""
+    """Bars where drawdown (from the risk window's peak) is above the halt limit while
+    active, or above `flatten_bound` of the bar on which the account became halted while
+    halted. A halt span lies within one window (it ends at a resume, where a window may
+    start), so the bound measures against the peak in force when the halt limit was
+    crossed."""
     period, pre, bt = scenario
     trace = simulate(period, pre, bt)
-    equity = trace.equity
-    drawdown = 1.0 - equity / np.maximum.accumulate(equity)
+    drawdown = window_drawdown(trace, period)
     bound = halt = bt.account.drawdown_limits[2]
     bad = []
     for t in range(len(period)):
@@ -229,7 +245,9 @@ def test_flatten_bounds_the_drawdown_by_the_crossing_bars_move_and_costs(
     assert past_the_bound(scenario) == []
     if trace.halted.any():
         event("halted")
-    drawdown = 1.0 - trace.equity / np.maximum.accumulate(trace.equity)
+    if (trace.risk_since_ms >= 0).any():
+        event("resumed automatically")
+    drawdown = window_drawdown(trace, period)
     event(f"drawdown went past the halt limit: {drawdown.max() >= bt.account.drawdown_limits[2]}")
     if any(f.reason.startswith("sell all: halt_action flatten") for f in trace.fills):
         event("flattened")
@@ -308,3 +326,48 @@ def test_a_setting_names_the_halt_action() -> None:
     with pytest.raises(ValueError, match="qty_step"):
         AccountConfig(qty_step=0.0)
     assert AccountConfig().qty_step == 1e-8
+
+
+def fall_then_flat(halt_action: str, resume_s: int, n: int = 60) -> tuple[Scenario, AccountTrace]:
+    """All in, three bars 5 % down (a halt at 10 %), then a flat price for the rest."""
+    cfg = AccountConfig(max_position_fraction=1.0, drawdown_limits=(0.02, 0.05, 0.1),
+                        daily_loss_limits=(0.1, 0.2, 0.5), halt_action=halt_action,
+                        halt_resume_s=resume_s)  # fmt: skip
+    moves = [0.0] * 3 + [-0.05] * 3 + [0.0] * (n - 6)
+    actions = [BUY] + [HOLD] * (n - 1)
+    scenario = build(moves, [0.0] * n, actions, [1.0] * n, [1.0] * n, cfg, 0.001, 0.0005)
+    return scenario, simulate(*scenario)
+
+
+@pytest.mark.parametrize("resume_s", [6 * 3600, 86_400])
+def test_a_halted_flat_account_resumes_after_halt_resume_s(resume_s: int) -> None:
+    """Halted at bar k's close and flat from k+1's open: active again at the first close
+    ``halt_resume_s`` after bar k's, not before, with the peak restarted there."""
+    scenario, trace = fall_then_flat("flatten", resume_s)
+    period = scenario[0]
+    k = int(np.argmax(trace.halted))
+    assert trace.halted[k]
+    assert trace.qty[k + 1] == 0.0
+    wait = resume_s // 3600
+    assert trace.halted[k : k + wait].all()
+    assert not trace.halted[k + wait :].any()
+    assert (trace.risk_since_ms[: k + wait] == -1).all()
+    assert (trace.risk_since_ms[k + wait :] == int(period.close_time[k + wait])).all()
+    drawdown = window_drawdown(trace, period)
+    assert drawdown[k + wait - 1] > 0.1
+    assert drawdown[k + wait] == 0.0
+    assert past_the_bound(scenario) == []
+
+
+@pytest.mark.parametrize(("halt_action", "resume_s"), [("block_entries", 3600),
+                                                       ("flatten", 0)])  # fmt: skip
+def test_no_automatic_resume_with_a_position_or_when_disabled(
+    halt_action: str, resume_s: int
+) -> None:
+    """Still holding (no SELL signal, ``block_entries``), or with ``halt_resume_s`` 0, the
+    account stays halted to the end."""
+    _, trace = fall_then_flat(halt_action, resume_s)
+    k = int(np.argmax(trace.halted))
+    assert k > 0
+    assert trace.halted[k:].all()
+    assert (trace.risk_since_ms == -1).all()

@@ -8,7 +8,16 @@ entry after a losing trade). As in freqtrade, every protection, the halt, the ``
 level and the risk manager's veto block or shrink only orders that add exposure (BUYs): a
 SELL, which reduces or closes a long, always goes through. ``halt_action`` says what a halt
 does to an open position: ``block_entries`` (keep it, exits still go through) or
-``flatten`` (close it whole at the next bar's open).
+``flatten`` (close it whole at the next bar's open, on every run while halted, a run
+without a risk verdict included: closing needs no verdict).
+
+``halt_resume_s`` (seconds, default 86,400: one day, the daily-loss window) ends a halt
+that would otherwise never end: once an account has been halted that long and holds no
+position (no exposure), its equity can no longer move, so it resumes by itself at the next
+recorded bar, with the risk window re-baselined as a manual resume does (the peak restarts
+at that bar's equity). An account still holding a position stays halted until drawdown
+and loss today recover past the hysteresis band or it is resumed by hand; a pause by hand
+is never resumed automatically. ``0`` disables the automatic resume.
 
 Orders follow an exchange's lot rules: quantities are whole multiples of ``qty_step`` (base
 units; 1e-8 is Binance's finest BTC step) and no order is under ``min_order_notional``
@@ -45,6 +54,7 @@ class AccountConfig(BaseModel):
     stoploss_pause_bars: int = Field(12, ge=0, le=10_000)
     cooldown_bars: int = Field(2, ge=0, le=10_000)
     halt_action: HaltAction = "block_entries"
+    halt_resume_s: int = Field(86_400, ge=0, le=366 * 86_400)
 
     @model_validator(mode="after")
     def _ordered(self) -> AccountConfig:

@@ -20,6 +20,8 @@ from conclave.errors import InvalidRequestError
 from conclave.store import accounts_repo as db
 
 Row = dict[str, Any]
+#: How many of the newest risk events `halted_since` searches for the halt.
+HALT_LOOKBACK = 1_000
 
 
 class UnknownAccountError(InvalidRequestError):
@@ -160,7 +162,26 @@ async def record(conn: Any, work: Work, symbol: str, bar: Bar) -> RiskSnapshot:
     if why:
         acct.update(status=status, status_reason=why)
         await event(conn, work, bar.close_ms, "halt" if status == "halted" else "resume", why)
+        return snap
+    flat = all(abs(float(p["qty"])) <= paper.QTY_EPS for p in work.positions.values())
+    if status == "halted" and flat and work.config.halt_resume_s:
+        since = await halted_since(conn, acct["id"])
+        why = risk.auto_resume(status, since, bar.close_ms, flat, work.config)
+        if why:  # re-baselined as a manual resume: the peak restarts at this bar's equity
+            acct.update(status="active", status_reason=why, risk_since_ms=bar.close_ms)
+            await event(conn, work, bar.close_ms, "resume", why)
+            snap = await assess(conn, acct, work.positions)
     return snap
+
+
+async def halted_since(conn: Any, account_id: str) -> int | None:
+    """Bar time of the account's latest halt; when more than `HALT_LOOKBACK` events came
+    after it, the oldest of those (a later time: the automatic resume only waits longer)."""
+    events = await db.list_events(conn, account_id, limit=HALT_LOOKBACK)
+    for e in reversed(events):
+        if e["kind"] == "halt":
+            return int(e["t_ms"])
+    return int(events[0]["t_ms"]) if events else None
 
 
 async def decide(
@@ -175,13 +196,14 @@ async def decide(
     Only entries are refused by a halt, the streak guard or the cooldown; a SELL always
     goes through (a pause by hand stops every order). A halted account whose
     ``halt_action`` is ``flatten`` sells the symbol's whole position whatever the
-    decision, unless the decision is BLOCKED (never tradable, RELIABILITY C5).
+    decision, a BLOCKED one included: closing needs no risk verdict. A BLOCKED decision
+    places no order of its own (never tradable, RELIABILITY C5).
     """
     side = decision.get("action")
     acct, cfg = work.acct, work.config
     pos = work.position(run["symbol"])
     status = cast(Status, acct["status"])
-    flatten = status == "halted" and cfg.halt_action == "flatten" and side != "BLOCKED"
+    flatten = status == "halted" and cfg.halt_action == "flatten"
     if flatten and pos.qty > paper.QTY_EPS:
         why = f"sell all: halt_action flatten ({acct['status_reason']})"
         return await _place(conn, work, run, paper.sell_all(pos.qty, bar.close, why), 1.0, bar)
@@ -257,6 +279,7 @@ async def save(conn: Any, work: Work) -> None:
         loss_streak=a["loss_streak"],
         paused_until_ms=a["paused_until_ms"],
         cooldown_until_ms=a["cooldown_until_ms"],
+        risk_since_ms=a.get("risk_since_ms"),
     )
     for row in work.positions.values():
         await db.upsert_position(conn, row)

@@ -10,6 +10,10 @@ Pure functions, no I/O, no clock (times are bar times, ms UTC):
   one becomes ``active`` again only once drawdown AND loss today are back below their halt
   limits by the ``hysteresis`` band (or by hand, `AccountService.resume`). A ``paused``
   account (paused by hand) is left alone. Every change comes with its reason.
+- `auto_resume`: a ``halted`` account holding no position resumes by itself once halted
+  for ``halt_resume_s`` seconds (flat, its equity cannot move, so the recovery rule above
+  would never fire); the caller re-baselines the risk window (the peak restarts there) as
+  a manual resume does. Checked after `transition`, at the same bar.
 - `after_trade`: freqtrade's protections on each closing trade: a losing trade starts a
   cooldown of ``cooldown_bars`` without new entries; ``stoploss_streak`` losses in a row
   pause new entries for ``stoploss_pause_bars`` bars; a winning trade resets the streak.
@@ -136,6 +140,24 @@ def transition(status: Status, risk: RiskSnapshot, config: AccountConfig) -> tup
             f" {risk.drawdown:.2%}, loss today {risk.loss_today:.2%}"
         )
     return status, ""
+
+
+def auto_resume(
+    status: Status, halted_since_ms: int | None, t_ms: int, flat: bool, config: AccountConfig
+) -> str:
+    """Why a halted account resumes by itself at bar time ``t_ms`` ("" when it does not):
+    it holds no position (``flat``) and has been halted since ``halted_since_ms`` for at
+    least ``config.halt_resume_s`` seconds (``0``: never). Paused or active: never."""
+    wait_ms = config.halt_resume_s * 1000
+    if status != "halted" or not wait_ms or not flat or halted_since_ms is None:
+        return ""
+    if t_ms - halted_since_ms < wait_ms:
+        return ""
+    hours = (t_ms - halted_since_ms) / 3_600_000
+    return (
+        f"resume: flat, {hours:g}h after halt (halt_resume_s {config.halt_resume_s});"
+        " the peak restarts here"
+    )
 
 
 @dataclass(frozen=True, slots=True)

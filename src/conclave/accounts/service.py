@@ -11,12 +11,14 @@ up to its own as-of) or an explicit `settle`. So `process_run`, in ONE transacti
 2. marks every position (this symbol at the decision bar's close, others at their last
    price) and records equity at the decision bar's close time;
 3. assesses risk from the equity curve (drawdown from the peak since the account opened or
-   was last resumed by hand, loss today, exposure) and halts or, past the hysteresis band,
-   resumes the account, recording the reason;
+   was last resumed, loss today, exposure) and halts or, past the hysteresis band,
+   resumes the account, recording the reason; a halted account holding no position
+   resumes by itself after ``halt_resume_s`` with the peak restarted there, as by hand;
 4. turns the decision (BUY/SELL, tradable) into a pending order sized by `paper.size_order`.
    A halt, the stop-loss streak guard and the cooldown refuse entries (BUY) only: a SELL
    always goes through, so risk never traps a position; a pause by hand stops every order.
-   A halted account with ``halt_action`` ``flatten`` sells the symbol's whole position.
+   A halted account with ``halt_action`` ``flatten`` sells the symbol's whole position,
+   on a BLOCKED run too (closing needs no risk verdict).
 
 Processing is idempotent per (account, run): a second call with the same run id changes
 nothing and answers the first outcome. No clock is read: times are bar times, and manual

@@ -4,12 +4,14 @@
 `conclave.accounts.service.AccountService.process_run` use: the risk manager's verdict from
 the equity recorded up to the previous bar (as the live account reader gives it), then the
 pending order filled at this bar's OPEN (`conclave.accounts.paper`), equity recorded at this
-bar's close, the account's halt / resume transition (`conclave.accounts.risk`), and the new
-order from this bar's decision. As live, the risk rules (the verdict's veto and multiplier,
+bar's close, the account's halt / resume transition (`conclave.accounts.risk`; then the
+automatic resume of a halted, flat account after ``halt_resume_s``, which restarts the
+equity curve there as the live ``risk_since_ms`` does), and the new order from this bar's
+decision. As live, the risk rules (the verdict's veto and multiplier,
 the halt, cooldown and stop-loss streak guard) block or shrink entries only: a SELL is sized
 by the decision's strength and always placed, and a halted account whose ``halt_action`` is
-``flatten`` sells its whole position. A bar's order fills at the next bar that exists, as in
-live trading (gaps are never filled).
+``flatten`` sells its whole position (whatever the decision). A bar's order fills at the
+next bar that exists, as in live trading (gaps are never filled).
 `account_state_at` gives what the live account reader would at any bar of the result.
 """
 
@@ -27,6 +29,7 @@ from conclave.accounts.paper import Bar, Position
 from conclave.accounts.risk import (
     Protections,
     after_trade,
+    auto_resume,
     drawdown_and_loss,
     level_of,
     order_blocked,
@@ -126,6 +129,7 @@ class AccountTrace:
     exposure_abs: F64
     halted: B
     paused_until_ms: I64  # -1: none
+    risk_since_ms: I64  # where the risk window restarts (automatic resume); -1: the start
     risk_level: npt.NDArray[np.int8]
     allowed: B
     size_multiplier: F64
@@ -161,6 +165,7 @@ def simulate(
     expo_out: list[float] = []
     halted_out: list[bool] = []
     paused_out: list[int] = []
+    since_out: list[int] = []
     level_out: list[int] = []
     size_out: list[float] = []
     action_out: list[int] = []
@@ -173,6 +178,7 @@ def simulate(
     qty = 0.0
     mark = 0.0  # the position's last mark (price)
     status = _STATUS_ACTIVE
+    halted_at, risk_since = -1, -1
     prot = Protections()
     paused_until = -1
     pending: tuple[paper.Order, int] | None = None  # the order and its decision bar's open
@@ -242,9 +248,18 @@ def simulate(
         level = level_of(dd, loss, equity, abs(held), cfg)
         if status == _STATUS_ACTIVE:
             if level == 3:
-                status = _STATUS_HALTED
+                status, halted_at = _STATUS_HALTED, as_of
         elif recovered(dd, loss, cfg):
             status = _STATUS_ACTIVE
+        elif auto_resume("halted", halted_at, as_of, qty <= paper.QTY_EPS, cfg):
+            # re-baselined as live (`accounts.ledger.record`): the curve restarts here
+            status, risk_since = _STATUS_ACTIVE, as_of
+            curve = EquityCurve()
+            append_point = curve.append
+            append_point(as_of, equity)
+            peak, sod_day, sod = equity, day, equity
+            dd, loss = drawdown_and_loss(equity, peak, sod)
+            level = level_of(dd, loss, equity, abs(held), cfg)
         if peak > 0 and sod > 0:
             reuse_day, reuse_level = day, level
         else:
@@ -273,6 +288,7 @@ def simulate(
         expo_out.append(abs(held))
         halted_out.append(status == _STATUS_HALTED)
         paused_out.append(paused_until)
+        since_out.append(risk_since)
         if progress is not None and (i + 1) % PROGRESS_EVERY == 0:
             progress("account", i + 1, n)
     if progress is not None:
@@ -280,7 +296,8 @@ def simulate(
     levels = np.asarray(level_out, dtype=np.int8)
     return AccountTrace(
         np.asarray(equity_out), np.asarray(cash_out), np.asarray(qty_out), np.asarray(expo_out),
-        np.asarray(halted_out, dtype=bool), np.asarray(paused_out, dtype=np.int64), levels,
+        np.asarray(halted_out, dtype=bool), np.asarray(paused_out, dtype=np.int64),
+        np.asarray(since_out, dtype=np.int64), levels,
         levels < 3, np.asarray(size_out), np.asarray(action_out, dtype=np.int8), tuple(fills),
     )  # fmt: skip
 
@@ -290,7 +307,8 @@ def account_state_at(
 ) -> AccountState:
     """What the live account reader would give a run at bar ``i`` of ``result``'s period.
 
-    The equity recorded at the closes of bars before ``i``, the open exposure at their last
+    The equity recorded at the closes of bars before ``i`` (from the last automatic
+    resume's restart on, as ``risk_since_ms`` cuts it live), the open exposure at their last
     marks, the start-of-day equity of bar ``i``'s close (`accounts.risk.start_of_day`),
     and the account's levels with the blocking reason (halted, or paused by the
     stop-loss streak guard).
@@ -299,8 +317,11 @@ def account_state_at(
     if trace is None:
         raise ValueError("the result carries no account trace")
     as_of = int(result.close_time[i])
-    times = result.close_time[:i]
-    equity = trace.equity[:i]
+    first = 0
+    if i > 0 and trace.risk_since_ms[i - 1] >= 0:
+        first = int(np.searchsorted(result.close_time[:i], trace.risk_since_ms[i - 1]))
+    times = result.close_time[first:i]
+    equity = trace.equity[first:i]
     blocked = ""
     if i > 0 and trace.halted[i - 1]:
         blocked = "account halted"
@@ -311,6 +332,6 @@ def account_state_at(
         equity_time_ms=times,
         equity=equity,
         open_exposure=float(trace.exposure_abs[i - 1]) if i > 0 else 0.0,
-        start_of_day_equity=start_of_day(times, equity, as_of) if i > 0 else None,
+        start_of_day_equity=start_of_day(times, equity, as_of) if len(times) else None,
         risk=cfg.agent_risk(blocked),
     )
