@@ -118,6 +118,19 @@ class AgentCatalog(Protocol):
         ...
 
 
+class BreakerSettings(_Section):
+    """The circuit breaker in front of each agent service (RELIABILITY C2, C9).
+
+    It opens after ``failures`` consecutive failed calls, refuses calls for ``open_s``
+    seconds, then lets ``probes`` probe calls through one at a time (all must succeed to
+    close it). Env: ``CONCLAVE_AGENTS__BREAKER__FAILURES``, ``..._OPEN_S``, ``..._PROBES``.
+    """
+
+    failures: int = Field(5, ge=1)
+    open_s: float = Field(30.0, gt=0)
+    probes: int = Field(1, ge=1)
+
+
 class AgentServiceSettings(_Section):
     """The agents as HTTP services: where each listens and how the orchestrator calls it.
 
@@ -136,6 +149,7 @@ class AgentServiceSettings(_Section):
     max_body_bytes: int = Field(1_048_576, gt=0)
     start_timeout_s: float = Field(30.0, gt=0)
     stop_timeout_s: float = Field(10.0, gt=0)
+    breaker: BreakerSettings = BreakerSettings()
 
     @field_validator("ports")
     @classmethod

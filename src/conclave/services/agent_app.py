@@ -325,6 +325,19 @@ def create_agent_app(
     async def health() -> Response:
         return json_response({"status": "ok", "agent": name, "timestamp": iso_ms(service.now_ms())})
 
+    @app.get("/health/live", summary="The process answers")
+    async def health_live() -> Response:
+        return json_response({"status": "ok", "agent": name})
+
+    @app.get("/health/ready", summary="It can run: its data source is configured")
+    async def health_ready() -> Response:
+        if service.gateway is None:
+            body = {"status": "not_ready", "agent": name, "reasons": ["no data source configured"]}
+            return json_response(body, 503)
+        return json_response(
+            {"status": "ready", "agent": name, "source": service.gateway.source.name}
+        )
+
     @app.get("/info", summary="What this agent needs and the parameters in effect")
     async def info() -> Response:
         return json_response(service.info())

@@ -12,10 +12,12 @@ Endpoints (ARCHITECTURE.md, "Orchestrator"):
 - ``GET /pipeline/runs?accountId&symbol&status&limit&offset``: one page, newest first,
   ``{"items", "total", "limit", "offset"}``.
 - ``GET /pipeline/runs/{id}``: one run, or 404.
-- ``GET /agents``: each agent's mode, URL, port, status and health-check latency (the
-  agents of the app's `Registry`, default `conclave.agents.REGISTRY`).
-- ``GET /health``: ``ok`` or ``degraded`` with the state of the database, cache and source;
-  503 when the database cannot be reached (runs could not be recorded).
+- ``GET /agents``: each agent's mode, URL, port, role, status, health-check latency and,
+  over HTTP, its circuit breaker (state, next probe time) (the agents of the app's
+  `Registry`, default `conclave.agents.REGISTRY`).
+- ``GET /health/live``, ``GET /health/ready``, ``GET /health``: the probes and the
+  per-component report (`conclave.services.health`); ``/health`` is 503 when the database
+  cannot be reached (runs could not be recorded).
 
 Every error is ``{"error": {"code", "message", "field"?}}`` (`conclave.services.http_common`):
 bad input 4xx naming the field, bodies over ``api.max_body_bytes`` 413 (E3), the database
@@ -45,6 +47,7 @@ from conclave.errors import StoreRejectedError, StoreUnavailableError
 from conclave.market.sources import CandleSource
 from conclave.pipeline.wire import ACCOUNT_ID_PATTERN
 from conclave.services.accounts_api import router as accounts_router
+from conclave.services.health import install_health
 from conclave.services.http_common import (
     ApiError,
     error_response,
@@ -317,18 +320,7 @@ def create_app(
         """Health of every agent, checked in parallel with a short timeout each."""
         return json_response(await _runtime(request).agent_health(use_http_agents))
 
-    @app.get(
-        "/health",
-        summary="The orchestrator and its dependencies",
-        responses={503: {"description": "the database is unavailable"}},
-    )
-    async def health(request: Request) -> Response:
-        """``ok``, or ``degraded`` naming which dependency is not."""
-        report = await scheduler_health(_runtime(request), await _runtime(request).health())
-        db_ok = report["dependencies"]["database"].get("status") == "ok"
-        headers = None if db_ok else {"Retry-After": str(RETRY_AFTER_S)}
-        return json_response(report, 200 if db_ok else 503, headers)
-
+    install_health(app, scheduler_health, retry_after_s=RETRY_AFTER_S)
     return app
 
 

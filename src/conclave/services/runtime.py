@@ -20,8 +20,7 @@ modes, and naming an agent the registry does not know stops start-up
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -32,10 +31,12 @@ from conclave.accounts.hook import open_accounts, process_for_account
 from conclave.accounts.reader import StoreAccountReader
 from conclave.agents import REGISTRY
 from conclave.agents.registry import Registry
-from conclave.market.cache import CandleCache, RedisCache, make_cache
+from conclave.market.cache import CandleCache, make_cache
 from conclave.market.gateway import MarketGateway
 from conclave.market.sources import CandleSource, open_source
 from conclave.pipeline import AgentRunner, Pipeline, PipelineRun
+from conclave.services import health
+from conclave.services.health import HEALTH_TIMEOUT_S
 from conclave.settings import Settings, check_agent_settings
 from conclave.timeframes import iso_ms
 
@@ -43,8 +44,6 @@ log = structlog.get_logger(__name__)
 
 AgentMode = Literal["local", "http"]
 DeploymentMode = Literal["monolithic", "microservices", "mixed"]
-#: How long ``GET /agents`` and ``GET /health`` wait for one agent's health answer.
-HEALTH_TIMEOUT_S = 1.0
 
 
 class IdempotencyClaimLike(Protocol):
@@ -215,6 +214,7 @@ class Runtime:
     ) -> Runtime:
         """Open the store, the gateway and the shared agent client from ``settings``, for
         the agents of ``registry``."""
+        from conclave.pipeline.breaker import CircuitBreaker
         from conclave.pipeline.http_runner import AgentHttpClient, HttpRunner
 
         check_agent_settings(settings, registry)  # before anything is opened
@@ -229,7 +229,8 @@ class Runtime:
         timeout_s = settings.agents.timeout_s
 
         def http_runner(name: str, url: str) -> AgentRunner:
-            return HttpRunner(name, url, client=client, timeout_s=timeout_s)
+            breaker = CircuitBreaker.from_settings(settings.agents.breaker)
+            return HttpRunner(name, url, client=client, timeout_s=timeout_s, breaker=breaker)
 
         return cls(
             settings,
@@ -323,62 +324,12 @@ class Runtime:
     async def agent_health(
         self, use_http: bool | None = None, *, timeout_s: float = HEALTH_TIMEOUT_S
     ) -> list[dict[str, Any]]:
-        """Each agent's mode, URL, port, status and health-check latency, checked in parallel."""
-        endpoints = self.endpoints(use_http)
-        checks = [self._check(e, timeout_s) for e in endpoints]
-        return list(await asyncio.gather(*checks))
-
-    async def _check(self, endpoint: AgentEndpoint, timeout_s: float) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "name": endpoint.name,
-            "mode": endpoint.mode,
-            "url": endpoint.url,
-            "port": endpoint.port,
-        }
-        if endpoint.mode == "local":
-            return out | {"status": "ok", "latencyMs": 0.0}
-        t0 = time.perf_counter()
-        try:
-            async with asyncio.timeout(timeout_s):
-                answer: Mapping[str, Any] = await self.runner(endpoint.name).health()
-        except TimeoutError:
-            status, error = "down", f"no answer within {timeout_s * 1000:.0f} ms"
-        except Exception as exc:  # a dead agent is a status, not an error of this endpoint
-            status, error = "down", type(exc).__name__
-        else:
-            status = "ok" if answer.get("status") == "ok" else str(answer.get("status", "down"))
-            error = str(answer.get("error", "")) if status != "ok" else ""
-        took = round((time.perf_counter() - t0) * 1000.0, 3)
-        out |= {"status": status, "latencyMs": took}
-        return out | ({"error": error[:200]} if error else {})
+        """Each agent's mode, URL, port, status, latency and breaker (`health.agent_states`)."""
+        return await health.agent_states(self, use_http, timeout_s=timeout_s)
 
     async def health(self) -> dict[str, Any]:
-        """``{"status": "ok" | "degraded", "mode", "dependencies": {...}}``; never a secret.
-
-        The database being down or the cache being bypassed makes the status ``degraded``.
-        """
-        try:
-            async with asyncio.timeout(HEALTH_TIMEOUT_S * 2):
-                db = dict(await self.store.health())
-        except Exception as exc:  # reported, never raised: /health must answer
-            db = {"status": "unavailable", "error": type(exc).__name__}
-        db = {k: v for k, v in db.items() if k not in ("url", "dsn", "database_url")}
-        if isinstance(self.cache, RedisCache):
-            cache = {"backend": "redis", "status": "ok" if self.cache.available else "degraded"}
-        else:
-            cache = {"backend": "memory", "status": "ok"}
-        source = self.gateway.source
-        exchange = {"source": source.name, "simulated": source.simulated, "status": "ok"}
-        if (clock := self.gateway.exchange_clock) is not None:  # A8: skew, warn above 1 s
-            exchange |= await clock.health(timeout_s=HEALTH_TIMEOUT_S)
-            if clock.skew_warning and exchange["status"] == "ok":
-                exchange["status"] = "warn"
-        ok = db.get("status") == "ok" and cache["status"] == "ok"
-        return {
-            "status": "ok" if ok else "degraded",
-            "mode": self.deployment_mode(),
-            "dependencies": {"database": db, "cache": cache, "exchange": exchange},
-        }
+        """Every component's computed state (`conclave.services.health.report`)."""
+        return await health.report(self)
 
     async def aclose(self) -> None:
         """Close the pipelines, the shared client, the gateway (source and cache) and the store."""
