@@ -62,10 +62,10 @@ def agent_process(name: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
 
 
 @contextlib.contextmanager
-def served(app: Any) -> Iterator[str]:
-    """``app`` served by uvicorn in a thread on a free loopback port."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off")
+def served(app: Any, port: int | None = None, *, lifespan: str = "off") -> Iterator[str]:
+    """``app`` served by uvicorn in a thread on ``port`` (default: a free loopback port)."""
+    port = free_port() if port is None else port
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan=lifespan)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -16,21 +16,10 @@ from conclave.services.api import create_app
 from conclave.settings import Settings
 from conclave.timeframes import Timeframe, iso_ms
 from tests.fakes import FakeBinance
+from tests.market.test_exchange_time import CLOSE, Wall
 
 H1 = Timeframe.parse("1h")
-#: a 1h close: the open of Stub-BX's newest 1h bar (2022-10-11 10:00 UTC)
-CLOSE = 1_665_482_400_000
 RUN = {"symbol": "BTCUSDT", "timeframe": "1h"}
-
-
-class Wall:
-    """The local wall clock (ms), fixed unless moved; Stub-BX's server time is it + skew."""
-
-    def __init__(self, t: int) -> None:
-        self.t = t
-
-    def __call__(self) -> int:
-        return self.t
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,14 +20,13 @@ from typing import Any
 
 import httpx2
 import pytest
-import uvicorn
 
 from conclave.agents import REGISTRY
 from conclave.market.sources import open_source
 from conclave.services.agent_app import create_agent_app
 from conclave.services.api import create_app
 from conclave.settings import Settings
-from tests.services.helpers import free_port, sim_gateway
+from tests.services.helpers import free_port, served, sim_gateway
 from tests.services.test_api import RUN, closed_port, make_settings
 
 RISK = REGISTRY.risk
@@ -98,18 +96,8 @@ async def test_risk_manager_down_is_critical_and_not_ready(tmp_path: Path) -> No
 def agent_on_port(name: str, port: int) -> Iterator[None]:
     """The real service of agent ``name`` served by uvicorn in a thread on ``port``."""
     app = create_agent_app(name, make_settings(Path(".")), gateway=sim_gateway())
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    try:
+    with served(app, port, lifespan="auto"):
         yield
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 async def test_agents_shows_the_breaker_open_then_closed_after_a_probe(tmp_path: Path) -> None:
