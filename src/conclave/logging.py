@@ -2,7 +2,10 @@
 
 Library code calls ``structlog.get_logger(__name__)`` and logs events with fields; the CLI or
 the app factory calls `configure_logging` once: a readable console renderer for humans, one
-JSON object per line for machines. Logs go to stderr so stdout stays clean for ``--json``.
+JSON object per line for machines (``CONCLAVE_LOG_JSON=true``). Stdlib records (uvicorn's,
+libraries') are rendered the same way, and every line carries the context bound with
+`structlog.contextvars` (the orchestrator and an agent service's ``/run`` bind ``run_id`` for
+the duration of a run). Logs go to stderr so stdout stays clean for ``--json``.
 """
 
 from __future__ import annotations
@@ -46,20 +49,24 @@ def configure_logging(
         raise ValueError(f"log level must be one of {', '.join(LEVELS)}, got {level!r}")
     numeric = logging.getLevelNamesMapping()[name]
     out = stream if stream is not None else sys.stderr
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if json
-        else structlog.dev.ConsoleRenderer(colors=out.isatty())
-    )
-    processors: list[Any] = [
+    renderer: Any = structlog.dev.ConsoleRenderer(colors=True)
+    if json:
+        renderer = structlog.processors.JSONRenderer()
+    elif not out.isatty():  # a file: a plain traceback, no boxes, no locals (request data)
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
+    shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    tail: list[Any] = [
         structlog.processors.format_exc_info if json else structlog.processors.StackInfoRenderer(),
         renderer,
     ]
     structlog.configure(
-        processors=processors,
+        processors=[*shared, *tail],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=(
             _stderr_logger if stream is None else structlog.PrintLoggerFactory(file=stream)
@@ -67,8 +74,14 @@ def configure_logging(
         # not cached: tests swap the configuration (structlog.testing.capture_logs)
         cache_logger_on_first_use=False,
     )
+    # stdlib records (uvicorn, libraries) rendered like structlog's: one format per stream
     handler: logging.Handler = _StderrHandler() if stream is None else logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
+        )
+    )
     logging.basicConfig(level=numeric, handlers=[handler], force=True)
     # chatty libraries speak only at WARNING unless DEBUG was asked for
     for noisy in _NOISY:

@@ -29,6 +29,7 @@ import structlog
 
 from conclave.errors import IPBannedError, RateLimitedError
 from conclave.settings import BinanceSettings
+from conclave.timeframes import iso_ms
 
 log = structlog.get_logger(__name__)
 
@@ -340,7 +341,8 @@ class WeightLimiter:
         pause_s = max(retry_after_s, escalated)
         until = self._clock() + pause_s
         await self.backend.set_pause(Pause(until_s=until, banned=banned), pause_s)
-        log.warning("exchange_paused", banned=banned, pause_s=pause_s, strikes=strikes)
+        event = "exchange_banned" if banned else "exchange_paused"
+        log.warning(event, until=iso_ms(int(until * 1e3)), pause_s=pause_s, strikes=strikes)
         return pause_s
 
     async def succeeded(self) -> None:

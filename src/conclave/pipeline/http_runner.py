@@ -30,6 +30,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import structlog
 from aiohttp.client import IDEMPOTENT_METHODS
 from aiohttp.http import RawResponseMessage
 
@@ -38,6 +39,7 @@ from conclave.pipeline.breaker import CircuitBreaker
 from conclave.pipeline.context import STEP_STATUSES, StepResult, StepStatus, valid_values
 from conclave.pipeline.wire import encode_input
 
+log = structlog.get_logger(__name__)
 _JSON = {"content-type": "application/json", "accept": "application/json"}
 #: Seconds an idle pooled connection is kept; below the services' keep-alive (30 s).
 KEEPALIVE_S = 15.0
@@ -318,7 +320,17 @@ class HttpRunner:
             answered = step.ok or not step.error.startswith(CALL_FAILURES)
             return step
         finally:  # a cancelled call counts as failed, so a probe is never left hanging
+            before = self.breaker.state
             self.breaker.record(answered)
+            self._log_breaker(before)
+
+    def _log_breaker(self, before: str) -> None:
+        after, breaker = self.breaker.state, self.breaker
+        if after == "open" and before != "open":
+            log.error("breaker_opened", agent=self.name, failures=breaker.failures,
+                      open_s=breaker.open_s, probe=before == "half_open")  # fmt: skip
+        elif after == "closed" and before != "closed":
+            log.info("breaker_closed", agent=self.name)
 
     async def _call(self, agent_input: AgentInput, now_iso: str) -> StepResult:
         t0 = time.perf_counter()

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
+import structlog
+
 from conclave.agents import REGISTRY, AccountState, Agent
 from conclave.agents.registry import Registry
 from conclave.errors import (
@@ -53,6 +55,8 @@ from conclave.pipeline.runners import (
     make_executor,
 )
 from conclave.timeframes import Timeframe, iso_ms
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +245,17 @@ class Pipeline:
         return dict(sorted(steps.items(), key=lambda kv: order.get(kv[0], len(order))))
 
     @staticmethod
+    def _log_failed(steps: Mapping[str, StepResult]) -> None:
+        """One line per failed step: error for ``error``/``timeout``, warning for stale or
+        insufficient data, info for ``no_data`` (an agent with nothing to speak from)."""
+        for name, step in steps.items():
+            if step.status != "ok":
+                level = log.error if step.status in ("error", "timeout") else log.warning
+                level = log.info if step.status == "no_data" else level
+                level("step_failed", agent=name, status=step.status, reason=step.error[:300],
+                      duration_ms=round(step.duration_ms, 3))  # fmt: skip
+
+    @staticmethod
     def _inline(runner: object) -> bool:
         return isinstance(runner, LocalRunner) and runner.executor is None
 
@@ -261,8 +276,25 @@ class Pipeline:
         Raises `InvalidRequestError` for a bad symbol or timeframe (before any I/O); data
         problems end in a ``no_signal`` decision instead.
         """
-        t0 = time.perf_counter()
         run_id = uuid.uuid4().hex
+        # every line logged during the run (runners, gateway, breakers) carries its id
+        with structlog.contextvars.bound_contextvars(run_id=run_id):
+            run = await self._run(run_id, account_id, symbol, timeframe, as_of_ms, now_iso)
+            if run.degraded:
+                missing = list(run.missing_agents)
+                log.warning("run_degraded", decision=run.decision.status, missing=missing)
+            return run
+
+    async def _run(
+        self,
+        run_id: str,
+        account_id: str | None,
+        symbol: str,
+        timeframe: str,
+        as_of_ms: int,
+        now_iso: str,
+    ) -> PipelineRun:
+        t0 = time.perf_counter()
         tf = Timeframe.parse(timeframe).name
         limit, higher = self.plan(tf)
         source = self.gateway.source
@@ -278,6 +310,9 @@ class Pipeline:
         except (SkipStepError, RetryLaterError, ExchangeRejectedError) as exc:
             status: StepStatus = "stale_data" if isinstance(exc, StaleDataError) else "error"
             reason = f"{exc.reason}: {exc}"
+            level = log.warning if status == "stale_data" else log.error
+            level("snapshot_failed", symbol=symbol, timeframe=tf, status=status, reason=reason,
+                  agents=len(self.runners))  # fmt: skip
             steps = self._all_failed(status, reason, now_iso)
             decision = Decision.no_signal(reason, self.registry.names, quorum=self.config.quorum)
             return PipelineRun(
@@ -286,6 +321,7 @@ class Pipeline:
             )  # fmt: skip
         context = await self.context(snapshot, account_id)
         steps = await self.run_steps(context, now_iso=now_iso)
+        self._log_failed(steps)
         decision = decide(steps, self.config, self.registry)
         return PipelineRun(
             run_id, account_id, symbol, tf, as_of_ms, snapshot.simulated, snapshot.source,

@@ -37,6 +37,7 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
+import structlog
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -70,6 +71,7 @@ from conclave.services.http_common import (
 from conclave.settings import Settings, check_agent_settings
 from conclave.timeframes import Timeframe, iso_ms
 
+log = structlog.get_logger(__name__)
 ENDPOINTS = {"health": "GET /health", "info": "GET /info", "run": "POST /run"}
 _RUN_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -253,11 +255,18 @@ class RunRoute:
         if scope["type"] != "http" or scope["path"] != "/run" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
+        t0, ctype, run_id = time.perf_counter(), b"", ""
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                ctype = value
+            elif key == b"x-run-id":
+                run_id = value.decode("latin-1")[:64]
+        with structlog.contextvars.bound_contextvars(**({"run_id": run_id} if run_id else {})):
+            await self._answer(ctype, receive, send, t0)
+
+    async def _answer(self, ctype: bytes, receive: Receive, send: Send, t0: float) -> None:
+        agent = self.service.agent.name
         try:
-            ctype = b""
-            for key, value in scope["headers"]:
-                if key == b"content-type":
-                    ctype = value
             check_json_type(ctype.decode("latin-1"))
             chunks: list[bytes] = []
             while True:
@@ -272,7 +281,38 @@ class RunRoute:
             raw, status = orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY), 200
         except (ApiError, InvalidRequestError) as exc:
             status, raw = error_of(exc)
+            code = exc.code if isinstance(exc, ApiError) else exc.reason
+            fields = {"agent": agent, "http": status, "code": code, "field": exc.field,
+                      "reason": str(exc)[:300], "duration_ms": _ms(t0)}  # fmt: skip
+            if status < 500:  # the caller's input: a warning, the service is fine
+                log.warning("agent_request_rejected", **fields)
+            else:
+                log.error("agent_request_failed", **fields)
+        except Exception as exc:  # answered 500 ``internal`` by the app's handler
+            log.error("agent_request_failed", agent=agent, http=500, code="internal",
+                      reason=f"{type(exc).__name__}: {exc}"[:300], duration_ms=_ms(t0))  # fmt: skip
+            raise
+        else:
+            _log_result(agent, out, t0)
         await send_json(send, status, raw)
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000.0, 3)
+
+
+def _log_result(agent: str, out: Any, t0: float) -> None:
+    """Every run at debug; an answer without a signal at error (``error``) or warning."""
+    meta = out.get("meta", {}) if isinstance(out, dict) else {}
+    status, reason = meta.get("status", "ok"), meta.get("reason", "")
+    if status in ("error", "timeout"):
+        log.error("agent_request_failed", agent=agent, http=200, code=status,
+                  reason=str(reason)[:300], duration_ms=_ms(t0))  # fmt: skip
+    elif status != "ok":  # no_data is expected (no news source): info, as the orchestrator
+        level = log.info if status == "no_data" else log.warning
+        level("agent_no_signal", agent=agent, http=200, code=status,
+              reason=str(reason)[:300], duration_ms=_ms(t0))  # fmt: skip
+    log.debug("agent_run", agent=agent, status=status, duration_ms=_ms(t0))
 
 
 def create_agent_app(

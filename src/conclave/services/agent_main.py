@@ -45,6 +45,7 @@ def serve(
         host=host,
         port=port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's records go through `configure_logging`'s handler
         access_log=False,
         server_header=False,
         timeout_keep_alive=30,  # above the client's pooled keep-alive (15 s)
