@@ -27,8 +27,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from conclave.agents import Agent
 from conclave.cli.common import (
-    SOURCE_HELP,
     CliState,
+    SourceOption,
+    SymbolOption,
+    TimeframeOption,
     check_series,
     fail,
     open_news,
@@ -115,9 +117,9 @@ def decision_config(agents: tuple[str, ...], weights: Mapping[str, float]) -> De
 
 def backtest(
     ctx: typer.Context,
-    symbol: Annotated[str, typer.Option("--symbol", help="Symbol, upper case (BTCUSDT).")],
-    timeframe: Annotated[str, typer.Option("--timeframe", help="Timeframe, e.g. 1h, 4h, 1d.")],
-    source: Annotated[str | None, typer.Option("--source", help=SOURCE_HELP)] = None,
+    symbol: SymbolOption,
+    timeframe: TimeframeOption,
+    source: SourceOption = None,
     start: Annotated[
         str | None,
         typer.Option("--from", help="First bar's open, ISO 8601 (default: the history's start)."),

@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -30,6 +30,13 @@ T = TypeVar("T")
 SOURCE_HELP = (
     "binance, ccxt:EXCHANGE, file:PATH, sim or sim:SEED (default: CONCLAVE_MARKET__SOURCE)"
 )
+
+# the options several commands share, spelled once
+SymbolOption = Annotated[str, typer.Option("--symbol", help="Symbol, upper case (BTCUSDT).")]
+TimeframeOption = Annotated[str, typer.Option("--timeframe", help="Timeframe, e.g. 1h, 4h, 1d.")]
+SourceOption = Annotated[str | None, typer.Option("--source", help=SOURCE_HELP)]
+ApiHostOption = Annotated[str | None, typer.Option("--host", help="Default: CONCLAVE_API__HOST.")]
+ApiPortOption = Annotated[int | None, typer.Option("--port", help="Default: CONCLAVE_API__PORT.")]
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from conclave.cli.common import (
-    SOURCE_HELP,
     CliState,
+    SourceOption,
+    SymbolOption,
+    TimeframeOption,
     check_series,
     fail,
     iso_utc,
@@ -134,9 +136,9 @@ def _print_show(out: Console, shown: _Shown, spec: str, tail: int) -> None:
 @data_app.command("show")
 def show(
     ctx: typer.Context,
-    symbol: Annotated[str, typer.Option("--symbol", help="Symbol, upper case (BTCUSDT).")],
-    timeframe: Annotated[str, typer.Option("--timeframe", help="Timeframe, e.g. 1h, 4h, 1d.")],
-    source: Annotated[str | None, typer.Option("--source", help=SOURCE_HELP)] = None,
+    symbol: SymbolOption,
+    timeframe: TimeframeOption,
+    source: SourceOption = None,
     limit: Annotated[
         int | None, typer.Option("--limit", help="Newest N bars (default: whole file, or 500).")
     ] = None,
@@ -196,7 +198,7 @@ def fetch(
     ctx: typer.Context,
     symbol: Annotated[list[str], typer.Option("--symbol", help="Symbol; repeat for more.")],
     timeframe: Annotated[list[str], typer.Option("--timeframe", help="Timeframe; repeat.")],
-    source: Annotated[str | None, typer.Option("--source", help=SOURCE_HELP)] = None,
+    source: SourceOption = None,
     since: Annotated[
         str | None, typer.Option("--since", help="Start here (ISO 8601) when nothing is stored.")
     ] = None,

@@ -18,8 +18,10 @@ from rich.panel import Panel
 from rich.table import Table
 
 from conclave.cli.common import (
-    SOURCE_HELP,
     CliState,
+    SourceOption,
+    SymbolOption,
+    TimeframeOption,
     check_series,
     fail,
     open_news,
@@ -137,9 +139,9 @@ async def _execute(
 
 def run(
     ctx: typer.Context,
-    symbol: Annotated[str, typer.Option("--symbol", help="Symbol, upper case (BTCUSDT).")],
-    timeframe: Annotated[str, typer.Option("--timeframe", help="Timeframe, e.g. 1h, 4h, 1d.")],
-    source: Annotated[str | None, typer.Option("--source", help=SOURCE_HELP)] = None,
+    symbol: SymbolOption,
+    timeframe: TimeframeOption,
+    source: SourceOption = None,
     as_of: Annotated[
         str | None,
         typer.Option("--as-of", help="Point in time, ISO 8601, UTC unless stated (default: now)."),

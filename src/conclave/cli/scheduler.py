@@ -22,7 +22,7 @@ from typing import Annotated
 
 import typer
 
-from conclave.cli.common import SOURCE_HELP, CliState, check_series, fail, run_or_fail
+from conclave.cli.common import CliState, SourceOption, check_series, fail, run_or_fail
 from conclave.errors import InvalidRequestError
 from conclave.scheduler import Job, Outcome
 from conclave.services.execute import build_scheduler, settings_jobs
@@ -76,7 +76,7 @@ def scheduler(
     timeframe: Annotated[
         str | None, typer.Option("--timeframe", help="Timeframe of that job, e.g. 1h.")
     ] = None,
-    source: Annotated[str | None, typer.Option("--source", help=SOURCE_HELP)] = None,
+    source: SourceOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="With --once: one JSON line.")] = False,
 ) -> None:
     """Run the scheduled jobs at each candle close plus the offset (never the open bar)."""

@@ -28,7 +28,7 @@ import uvicorn
 from rich.console import Console
 
 from conclave.agents import REGISTRY
-from conclave.cli.common import CliState, fail
+from conclave.cli.common import ApiHostOption, ApiPortOption, CliState, fail
 from conclave.errors import ConclaveError
 from conclave.settings import Settings
 
@@ -123,8 +123,8 @@ def _serve_blocking(state: CliState, settings: Settings, host: str, port: int) -
 
 def serve(
     ctx: typer.Context,
-    host: Annotated[str | None, typer.Option("--host", help="Default: CONCLAVE_API__HOST.")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="Default: CONCLAVE_API__PORT.")] = None,
+    host: ApiHostOption = None,
+    port: ApiPortOption = None,
 ) -> None:
     """Run the orchestrator API (POST /pipeline/run, /docs) in the foreground."""
     state: CliState = ctx.obj
@@ -192,8 +192,8 @@ async def _demo(
 
 def demo(
     ctx: typer.Context,
-    host: Annotated[str | None, typer.Option("--host", help="Default: CONCLAVE_API__HOST.")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="Default: CONCLAVE_API__PORT.")] = None,
+    host: ApiHostOption = None,
+    port: ApiPortOption = None,
     symbol: Annotated[str, typer.Option("--symbol", help="Symbol of the first run.")] = "BTCUSDT",
     timeframe: Annotated[str, typer.Option("--timeframe", help="Its timeframe.")] = "1h",
     once: Annotated[bool, typer.Option("--once", help="Stop after the first run.")] = False,
@@ -227,8 +227,8 @@ def demo(
 
 def up(
     ctx: typer.Context,
-    host: Annotated[str | None, typer.Option("--host", help="Default: CONCLAVE_API__HOST.")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="Default: CONCLAVE_API__PORT.")] = None,
+    host: ApiHostOption = None,
+    port: ApiPortOption = None,
 ) -> None:
     """Start the nine agent services and the orchestrator over them; Ctrl-C stops all."""
     from conclave.services import procs
