@@ -17,6 +17,7 @@ from conclave.backtest.result import (
     Fill,
     Gap,
 )
+from conclave.pipeline.context import StepResult
 from conclave.pipeline.decision import ALL_AGENTS
 from conclave.timeframes import Timeframe
 
@@ -172,3 +173,26 @@ def synthetic(n: int, *, seed: int = 7, n_fills: int = 400) -> BacktestResult:
         settings={"fee_rate": 0.001, "max_position_fraction": np.float64(0.25)},
         timings={"agents": 1.5, "replay": 0.25},
     )
+
+
+RISK_ALLOWS = StepResult("risk-manager", "ok", 0.0, 100.0,
+                         {"allowed": True, "size_multiplier": 1.0}, 0.0)  # fmt: skip
+
+
+def live_steps(
+    series: Mapping[str, AgentSeries], i: int, *, no_data: Sequence[str] = ()
+) -> dict[str, StepResult]:
+    """The steps a live run records at bar ``i`` of ``series``: ok where usable (with the
+    volatility multiplier), else ``no_data`` for the agents named so, else an error; the risk
+    manager allowing at 1.0."""
+    steps: dict[str, StepResult] = {"risk-manager": RISK_ALLOWS}
+    for name, s in series.items():
+        if s.usable[i]:
+            payload = {"size_multiplier": float(s.columns["size_multiplier"][i])}
+            steps[name] = StepResult(name, "ok", float(s.score[i]), float(s.confidence[i]),
+                                     payload, 0.0)  # fmt: skip
+        elif name in no_data:
+            steps[name] = StepResult.failed(name, "no_data", "no headlines")
+        else:
+            steps[name] = StepResult.failed(name, "error", "boom")
+    return steps

@@ -17,8 +17,9 @@ from conclave.backtest.history import History
 from conclave.backtest.result import ACTIONS, NONE, AgentSeries
 from conclave.backtest.signals import agent_series, pre_decide
 from conclave.news.headline import Headline
-from conclave.pipeline import ANALYSIS_AGENTS, DecisionConfig, StepResult, decide
+from conclave.pipeline import ANALYSIS_AGENTS, DecisionConfig, decide
 from tests.agents.helpers import candles_from_close
+from tests.backtest.helpers import live_steps
 
 BTC_1H = "binance_BTCUSDT_1h_20170817-20221011.csv"
 HOUR = 3_600_000
@@ -74,21 +75,9 @@ def test_the_vectorized_decision_equals_decide_bit_for_bit(config: DecisionConfi
     n = 3000
     series = _series(n, 11)
     pre = pre_decide(series, config, n)
-    risk = StepResult("risk-manager", "ok", 0.0, 100.0,
-                      {"allowed": True, "size_multiplier": 1.0}, 0.0)  # fmt: skip
     made = 0
     for i in range(n):
-        steps: dict[str, StepResult] = {"risk-manager": risk}
-        for name, s in series.items():
-            if s.usable[i]:
-                payload = {"size_multiplier": float(s.columns["size_multiplier"][i])}
-                steps[name] = StepResult(name, "ok", float(s.score[i]), float(s.confidence[i]),
-                                         payload, 0.0)  # fmt: skip
-            elif name == "news-sentiment":
-                steps[name] = StepResult.failed(name, "no_data", "no headlines")
-            else:
-                steps[name] = StepResult.failed(name, "error", "boom")
-        d = decide(steps, config)
+        d = decide(live_steps(series, i, no_data=["news-sentiment"]), config)
         if d.action is None:
             assert pre.action[i] == NONE, i
             continue

@@ -24,10 +24,10 @@ from conclave.market.candles import Candles
 from conclave.market.resample import resample
 from conclave.market.sources.files import FileSource
 from conclave.market.validation import find_gaps
-from conclave.pipeline.context import StepResult
 from conclave.pipeline.decision import ANALYSIS_AGENTS, DecisionConfig, decide
 from conclave.pipeline.orchestrator import default_agents
 from conclave.timeframes import DAY_MS, HOUR_MS
+from tests.backtest.helpers import live_steps
 from tests.store.conftest import Target, pg_url, target  # noqa: F401 - fixtures
 
 BTC_1H = "binance_BTCUSDT_1h_20170817-20221011.csv"
@@ -84,19 +84,9 @@ def test_the_vectorized_decision_is_decide_at_every_bar() -> None:
     series = _series(n, 3)
     config = DecisionConfig(weights={"momentum": 2.0, "order-flow": 0.5}, quorum=7)
     pre = pre_decide(series, config, n)
-    risk = StepResult("risk-manager", "ok", 0.0, 100.0,
-                      {"allowed": True, "size_multiplier": 1.0}, 0.0)  # fmt: skip
     made = 0
     for i in range(n):
-        steps: dict[str, StepResult] = {"risk-manager": risk}
-        for name, s in series.items():
-            if s.usable[i]:
-                payload = {"size_multiplier": float(s.columns["size_multiplier"][i])}
-                steps[name] = StepResult(name, "ok", float(s.score[i]), float(s.confidence[i]),
-                                         payload, 0.0)  # fmt: skip
-            else:
-                steps[name] = StepResult.failed(name, "error", "boom")
-        d = decide(steps, config)
+        d = decide(live_steps(series, i), config)
         if d.action is None:
             assert pre.action[i] == NONE
             continue

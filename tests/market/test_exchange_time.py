@@ -7,7 +7,6 @@ import asyncio
 import json
 import random
 import socket
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -259,18 +258,6 @@ async def test_by_the_local_clock_alone_the_open_candle_would_be_used(
 
 
 # -- one offset for the fleet ---------------------------------------------------------------
-
-
-@pytest.fixture
-def redis_prefix(redis_url: str) -> Iterator[str]:
-    """A key prefix of this test's own; its keys are deleted afterwards."""
-    prefix = f"conclave-test:{uuid.uuid4().hex}"
-    yield prefix
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(f"{prefix}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def replica(stub: FakeBinance, wall: Wall, redis_url: str, prefix: str) -> BinanceSource:

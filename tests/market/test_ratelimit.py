@@ -5,12 +5,9 @@ from __future__ import annotations
 import random
 import socket
 import time
-import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 
 import pytest
-import redis
 import structlog
 
 from conclave.errors import IPBannedError, RateLimitedError
@@ -21,18 +18,6 @@ from tests.fakes import FakeBinance, FakeClock, Fault, TaggedTransport
 
 SETTINGS = BinanceSettings()
 WINDOW_START = 60.0 * 28_000_000  # a minute boundary on the fake clock
-
-
-@pytest.fixture
-def redis_prefix(redis_url: str) -> Iterator[str]:
-    """A key prefix of this test's own; its keys are deleted afterwards."""
-    prefix = f"conclave-test:{uuid.uuid4().hex}"
-    yield prefix
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(f"{prefix}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def closed_port() -> int:
