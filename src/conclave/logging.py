@@ -5,7 +5,9 @@ the app factory calls `configure_logging` once: a readable console renderer for 
 JSON object per line for machines (``CONCLAVE_LOG_JSON=true``). Stdlib records (uvicorn's,
 libraries') are rendered the same way, and every line carries the context bound with
 `structlog.contextvars` (the orchestrator and an agent service's ``/run`` bind ``run_id`` for
-the duration of a run). Logs go to stderr so stdout stays clean for ``--json``.
+the duration of a run) and, where an OpenTelemetry span is current, its ``trace_id`` (32 hex
+digits; absent without a valid span, so always absent while tracing is off), so a log line
+leads to its trace. Logs go to stderr so stdout stays clean for ``--json``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 from typing import Any, TextIO
 
 import structlog
+from opentelemetry import trace
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _NOISY = ("alembic", "httpx2", "httpcore2", "aiohttp.access")
@@ -40,6 +43,14 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+def add_trace_id(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: ``trace_id`` of the current OpenTelemetry span, when valid."""
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid:
+        event["trace_id"] = format(ctx.trace_id, "032x")
+    return event
+
+
 def configure_logging(
     level: str = "INFO", json: bool = False, *, stream: TextIO | None = None
 ) -> None:
@@ -58,6 +69,7 @@ def configure_logging(
         )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_id,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

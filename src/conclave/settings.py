@@ -221,6 +221,19 @@ class SchedulerSettings(_Section):
     offset_s: float = Field(1.0, ge=0, le=300)
     watchdog_intervals: float = Field(2.0, gt=0)
     poll_s: float = Field(30.0, gt=0)
+    #: ``conclave scheduler`` serves ``GET /metrics`` on this host and port (0: not served)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9464, ge=0, le=65535)
+
+
+class MetricsSettings(_Section):
+    """Prometheus metrics at ``GET /metrics`` of every service (``CONCLAVE_METRICS__ENABLED``).
+
+    On by default; off removes the route, the request timing and the per-run counts (the
+    benchmarks compare both).
+    """
+
+    enabled: bool = True
 
 
 class Settings(BaseSettings):
@@ -258,6 +271,7 @@ class Settings(BaseSettings):
     news: NewsSettings = NewsSettings()
     agents: AgentServiceSettings = AgentServiceSettings()
     api: ApiSettings = ApiSettings()
+    metrics: MetricsSettings = MetricsSettings()
     pipeline: PipelineSettings = PipelineSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
 

@@ -7,6 +7,8 @@
   failed, 1 when a due run failed or the store could not be used.
 - ``--symbol S --timeframe TF [--account ID]`` schedules that one job instead;
   ``--source`` overrides ``CONCLAVE_MARKET__SOURCE``.
+- while it serves, ``GET /metrics`` answers on ``CONCLAVE_SCHEDULER__METRICS_HOST`` /
+  ``_METRICS_PORT`` (127.0.0.1:9464; port 0: none): slot lag, slots by outcome, the runs.
 
 An edge like the rest of the CLI: settings and the clock come from the root callback.
 Registered on the root app by `conclave.cli`.
@@ -17,13 +19,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
+from prometheus_client import start_http_server
 
 from conclave.cli.common import CliState, SourceOption, check_series, fail, run_or_fail
-from conclave.errors import InvalidRequestError
+from conclave.errors import ConfigurationError, InvalidRequestError
+from conclave.observability import tracing
 from conclave.scheduler import Job, Outcome
 from conclave.services.execute import build_scheduler, settings_jobs
 from conclave.services.runtime import Runtime
@@ -49,10 +55,35 @@ async def _scheduler(
                 loop.add_signal_handler(sig, stop.set)
         jobs = await scheduler.jobs()
         state.err.print(f"scheduler: {len(jobs)} job(s): {', '.join(j.id for j in jobs) or '-'}")
-        await scheduler.serve_forever(stop)
+        with _metrics_server(settings, state):
+            await scheduler.serve_forever(stop)
         return []
     finally:
         await runtime.aclose()
+
+
+@contextlib.contextmanager
+def _metrics_server(settings: Settings, state: CliState) -> Iterator[None]:
+    """``GET /metrics`` of this process on ``scheduler.metrics_host:metrics_port`` (a thread
+    of prometheus-client's own server) while the scheduler runs; port 0: none."""
+    s = settings.scheduler
+    if not settings.metrics.enabled or s.metrics_port == 0:
+        yield
+        return
+    try:
+        server, thread = start_http_server(s.metrics_port, s.metrics_host)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"scheduler metrics port {s.metrics_host}:{s.metrics_port}: {exc.strerror or exc}"
+            " (set CONCLAVE_SCHEDULER__METRICS_PORT, 0 for none)"
+        ) from None
+    state.err.print(f"scheduler: metrics at http://{s.metrics_host}:{s.metrics_port}/metrics")
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 def _only(
@@ -95,7 +126,12 @@ def scheduler(
         fail(state.err, "the scheduler is disabled (CONCLAVE_SCHEDULER__ENABLED=false)", 2)
     if only is None and not once and not settings_jobs(settings.scheduler):
         state.err.print("scheduler: no jobs in settings; waiting for jobs added through the API")
-    outcomes = run_or_fail(state, _scheduler(settings, state, only, once))
+    try:  # the OTEL_* variables, read here at the edge (tracing is off unless they ask)
+        traces = tracing.tracing_config(os.environ, service_name=tracing.SCHEDULER_SERVICE)
+    except ValueError as exc:
+        fail(state.err, str(exc), 2)
+    with tracing.tracing_session(traces):  # spans still queued are exported at the end
+        outcomes = run_or_fail(state, _scheduler(settings, state, only, once))
     if not once:
         return
     if as_json:

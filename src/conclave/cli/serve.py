@@ -11,6 +11,8 @@
 
 All three stop gracefully: uvicorn finishes in-flight requests for up to
 `GRACEFUL_SHUTDOWN_S` seconds, then the app's lifespan closes the store and clients.
+Traces (`conclave.observability.tracing`) follow the ``OTEL_*`` variables, read here; the
+service is ``conclave-orchestrator`` and the spans still queued are exported on the way out.
 Registered on the root app by `conclave.cli`.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Callable, Generator
@@ -113,12 +116,26 @@ def _urls(out: Console, host: str, port: int) -> None:
     out.print("Ctrl-C stops it.\n")
 
 
+@contextlib.contextmanager
+def _tracing(state: CliState) -> Generator[None, None, None]:
+    """The orchestrator's tracing from the ``OTEL_*`` variables (off unless they ask)."""
+    from conclave.observability import tracing
+
+    try:
+        config = tracing.tracing_config(os.environ, service_name=tracing.ORCHESTRATOR_SERVICE)
+    except ValueError as exc:
+        fail(state.err, str(exc), 2)
+    with tracing.tracing_session(config):
+        yield
+
+
 def _serve_blocking(state: CliState, settings: Settings, host: str, port: int) -> None:
     server = _server(settings, state.now_ms, host, port)
-    try:
-        asyncio.run(server.serve())
-    except SystemExit:  # uvicorn exits when it cannot bind or its start-up fails
-        fail(state.err, f"the orchestrator could not start on {host}:{port} (see above)", 1)
+    with _tracing(state):
+        try:
+            asyncio.run(server.serve())
+        except SystemExit:  # uvicorn exits when it cannot bind or its start-up fails
+            fail(state.err, f"the orchestrator could not start on {host}:{port} (see above)", 1)
 
 
 def serve(
@@ -204,22 +221,23 @@ def demo(
     settings = s.model_copy(
         update={"use_http_agents": False, "agents": s.agents.model_copy(update={"http": {}})}
     )
-    try:
-        asyncio.run(
-            _demo(
-                state,
-                settings,
-                host or s.api.host,
-                s.api.port if port is None else port,
-                symbol,
-                timeframe,
-                once,
+    with _tracing(state):
+        try:
+            asyncio.run(
+                _demo(
+                    state,
+                    settings,
+                    host or s.api.host,
+                    s.api.port if port is None else port,
+                    symbol,
+                    timeframe,
+                    once,
+                )
             )
-        )
-    except (RuntimeError, TimeoutError, ConclaveError, OSError) as exc:
-        fail(state.err, f"demo failed: {exc or type(exc).__name__}", 1)
-    except SystemExit:
-        fail(state.err, "the orchestrator could not start (see above; is the port in use?)", 1)
+        except (RuntimeError, TimeoutError, ConclaveError, OSError) as exc:
+            fail(state.err, f"demo failed: {exc or type(exc).__name__}", 1)
+        except SystemExit:
+            fail(state.err, "the orchestrator could not start (see above; is the port in use?)", 1)
 
 
 # -- up (local microservice mode) ----------------------------------------------------------

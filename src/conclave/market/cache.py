@@ -8,7 +8,9 @@ Two caches implement the protocol: `MemoryCache` (in process, TTL plus an LRU bo
 `RedisCache` (shared, compact binary entries). A cache is an optimisation, never a
 dependency: a Redis error or timeout is a logged miss (RELIABILITY D1, D2) and an entry that
 fails to decode, or has another format version, is a miss that is deleted (D3). No entry
-lives longer than one timeframe (B4).
+lives longer than one timeframe (B4). Lookups are counted by backend and result
+(``conclave_cache_lookups_total``: hit, miss; a Redis failure also as error) and traced as
+a ``cache.get`` span.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, Final, Protocol
 
 import numpy as np
 import structlog
+from opentelemetry import trace
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -30,10 +33,12 @@ from redis.exceptions import RedisError
 
 from conclave.market.candles import OPTIONAL_FIELDS, REQUIRED_FIELDS, Candles
 from conclave.market.sources.base import CandleSource, check_request
+from conclave.observability.metrics import CACHE_LOOKUPS
 from conclave.settings import CacheSettings
 from conclave.timeframes import Timeframe
 
 log = structlog.get_logger(__name__)
+_tracer = trace.get_tracer("conclave")
 
 Clock = Callable[[], float]
 
@@ -231,6 +236,7 @@ class RedisCache:
 
     def _failed(self, op: str, exc: BaseException) -> None:
         self._down_until = self._clock() + self._cooldown_s
+        CACHE_LOOKUPS.labels("redis", "error").inc()
         self._warn_down(op=op, error=f"{type(exc).__name__}: {exc}"[:200], action="bypassed")
 
     async def get(self, key: str) -> Candles | None:
@@ -276,6 +282,13 @@ class RedisCache:
         await self._client.aclose()
 
 
+def backend_name(cache: CandleCache) -> str:
+    """The ``backend`` label of ``cache``: ``memory``, ``redis`` or its class name."""
+    if isinstance(cache, MemoryCache):
+        return "memory"
+    return "redis" if isinstance(cache, RedisCache) else type(cache).__name__.lower()
+
+
 def make_cache(
     settings: CacheSettings, redis_url: str | None, *, clock: Clock = time.monotonic
 ) -> CandleCache:
@@ -317,6 +330,9 @@ class CachedSource:
         self.simulated = source.simulated
         self._ttl_s = ttl_s
         self._inflight: dict[str, asyncio.Future[Candles]] = {}
+        self._backend = backend_name(cache)
+        self._hits = CACHE_LOOKUPS.labels(self._backend, "hit")
+        self._misses = CACHE_LOOKUPS.labels(self._backend, "miss")
 
     def ttl_for(self, timeframe: Timeframe) -> float:
         """Seconds an entry of ``timeframe`` may live: the TTL, capped at one bar."""
@@ -356,7 +372,12 @@ class CachedSource:
     async def _load(
         self, key: str, symbol: str, tf: Timeframe, limit: int, end: int | None
     ) -> Candles:
-        hit = await self.cache.get(key)
+        with _tracer.start_as_current_span("cache.get") as span:
+            hit = await self.cache.get(key)
+            if span.is_recording():
+                span.set_attribute("conclave.cache.backend", self._backend)
+                span.set_attribute("conclave.cache.hit", hit is not None)
+        (self._hits if hit is not None else self._misses).inc()
         if hit is not None:
             return hit
         candles = await self.source.get_candles(symbol, tf, limit, end)

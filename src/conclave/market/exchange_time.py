@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import structlog
 
 from conclave.errors import ConclaveError
+from conclave.observability.metrics import EXCHANGE_CLOCK_SKEW
 from conclave.timeframes import iso_ms
 
 __all__ = [
@@ -238,8 +239,10 @@ class ExchangeClock:
         refresh_s: float = 60.0,
         max_rtt_ms: float = 1000.0,
         warn_ms: float = 1000.0,
+        source: str = "binance",
     ) -> None:
         self.local_ms = local_ms
+        self._skew = EXCHANGE_CLOCK_SKEW.labels(source)
         self.refresh_s = refresh_s
         self.max_rtt_ms = max_rtt_ms
         self.warn_ms = warn_ms
@@ -308,6 +311,7 @@ class ExchangeClock:
         async with self._lock:  # whoever waited here re-checks what the leader found
             if not self._fresh(self._sample) and self.local_ms() >= self._retry_at_ms:
                 await self._refresh()
+            self._skew.set(self.offset_ms / 1000.0)
         return self._sample
 
     async def _refresh(self) -> None:

@@ -19,17 +19,24 @@ exposes an ``exchange_clock``, ``as_of_ms`` is capped at the exchange's now (loc
 the measured offset), so a caller whose clock runs ahead never gets a bar the exchange still
 has open, and `MarketGateway.now_ms` gives callers "now" by that clock. Other sources keep
 the caller's clock.
+
+Every fetch that reaches the source (a cache hit does not) is recorded in `FetchLog`: the
+newest success and the newest failure with its reason (``exchange_unavailable``,
+``rate_limited``, ``ip_banned``, ...), so ``/health`` can say whether the exchange works now
+rather than whether it is configured (issue 11 item 5).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import itertools
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Literal
 
-from conclave.errors import InvalidRequestError
+from conclave.errors import ConclaveError, InvalidRequestError
 from conclave.market.cache import CachedSource, CandleCache
 from conclave.market.candles import Candles
 from conclave.market.exchange_time import exchange_clock_of
@@ -68,6 +75,78 @@ class MarketSnapshot:
 REFILLS = 3
 
 
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """One recorded fetch: when (ms UTC), and for a failure its ``reason`` code and message."""
+
+    at_ms: int
+    seq: int
+    reason: str = ""
+    message: str = ""
+
+
+class FetchLog:
+    """The newest successful and the newest failed source fetch, for ``/health``.
+
+    Order is by a sequence number, not the clock, so a success and a failure in the same
+    millisecond still have a newest. ``clock`` is ms UTC (default: the wall clock).
+    """
+
+    def __init__(self, clock: Callable[[], int] | None = None) -> None:
+        self._clock = clock or (lambda: time.time_ns() // 1_000_000)
+        self._seq = itertools.count(1)
+        self.last_success: Fetch | None = None
+        self.last_error: Fetch | None = None
+
+    def succeeded(self) -> None:
+        self.last_success = Fetch(self._clock(), next(self._seq))
+
+    def failed(self, reason: str, message: str) -> None:
+        self.last_error = Fetch(self._clock(), next(self._seq), reason, message[:200])
+
+    @property
+    def failing(self) -> bool:
+        """True when the newest fetch failed: an error and no success since."""
+        err, ok = self.last_error, self.last_success
+        return err is not None and (ok is None or err.seq > ok.seq)
+
+
+class RecordingSource:
+    """A `CandleSource` that records each fetch of the wrapped one in a `FetchLog`.
+
+    A bad request (`InvalidRequestError`, an unlisted symbol included) is the caller's
+    mistake and says nothing about the exchange: it is not recorded. Cancellation is not
+    a failure either. Any other exception is, by its ``reason`` (``internal`` for a
+    non-Conclave one, which a source should never let out).
+    """
+
+    def __init__(self, source: CandleSource, fetches: FetchLog) -> None:
+        self.source = source
+        self.fetches = fetches
+        self.name = source.name
+        self.simulated = source.simulated
+
+    async def get_candles(
+        self, symbol: str, timeframe: Timeframe | str, limit: int, end: int | None = None
+    ) -> Candles:
+        """Same contract as the wrapped source's ``get_candles``."""
+        try:
+            candles = await self.source.get_candles(symbol, timeframe, limit, end)
+        except InvalidRequestError:
+            raise
+        except ConclaveError as exc:
+            self.fetches.failed(exc.reason, str(exc))
+            raise
+        except Exception as exc:
+            self.fetches.failed("internal", type(exc).__name__)
+            raise
+        self.fetches.succeeded()
+        return candles
+
+    async def aclose(self) -> None:
+        await self.source.aclose()
+
+
 def _bars_wanted(higher_limit: int | Mapping[str, int], tf: Timeframe, limit: int) -> int:
     """Bars of ``tf`` wanted: ``higher_limit`` itself, or its entry for ``tf`` (else ``limit``)."""
     if isinstance(higher_limit, Mapping):
@@ -87,9 +166,12 @@ class MarketGateway:
     """Serves `MarketSnapshot`s from a source, optionally through a cache.
 
     ``cache`` wraps the source in a `CachedSource` (entries live at most ``cache_ttl_s`` and
-    one bar). ``resample`` is ``"auto"`` (see the module docstring), ``"fetch"`` (every
-    timeframe from the source) or ``"resample"`` (every higher timeframe the base tiles is
-    built from the base, however much base history that takes).
+    one bar); ``origin`` is the source as given (its ``limiter``, if any, holds the pause or
+    ban latch), ``fetches`` the `FetchLog` of what reached it. ``resample`` is ``"auto"``
+    (see the module docstring), ``"fetch"`` (every timeframe from the source) or
+    ``"resample"`` (every higher timeframe the base tiles is built from the base, however
+    much base history that takes). ``clock`` (ms UTC; default the exchange clock's local
+    clock for a live source, else the wall clock) stamps fetches.
     """
 
     def __init__(
@@ -100,13 +182,20 @@ class MarketGateway:
         cache_ttl_s: float = 30.0,
         resample: ResamplePolicy = "auto",
         max_resample_bars: int = 1000,
+        clock: Callable[[], int] | None = None,
     ) -> None:
         if resample not in ("auto", "fetch", "resample"):
             raise ValueError(f"unknown resample policy {resample!r}")
         #: the live source's exchange clock; None: the caller's clock decides what has closed
         self.exchange_clock = exchange_clock_of(source)
+        self.origin = source
+        self.cache = cache
+        if clock is None and self.exchange_clock is not None:
+            clock = self.exchange_clock.local_ms  # the clock its skew is measured against
+        self.fetches = FetchLog(clock)
+        recorded = RecordingSource(source, self.fetches)
         self.source: CandleSource = (
-            source if cache is None else CachedSource(source, cache, ttl_s=cache_ttl_s)
+            recorded if cache is None else CachedSource(recorded, cache, ttl_s=cache_ttl_s)
         )
         self._policy = resample
         self._max_resample_bars = max_resample_bars

@@ -7,10 +7,12 @@ to what the server reports, and holds a pause latch after a 429 or 418: while it
 caller sends anything. Each consecutive rate-limit answer doubles the pause (never below the
 server's ``Retry-After``), so a server that keeps answering 429 is never pushed into a ban.
 
-Two backends keep the counts: `InProcessBackend` for one process, `RedisBackend` for a fleet
-(INCRBY on a key per window, a latch key with a PX expiry). When Redis is down or slow the
-Redis backend logs a warning and falls back to in-process counting; a fetch never fails
-because Redis did (RELIABILITY.md D1).
+Two backends keep the counts (`conclave.market.ratelimit_backends`): `InProcessBackend` for
+one process, `RedisBackend` for a fleet, falling back to in-process counting while Redis is
+down (RELIABILITY.md D1).
+
+The limiter exports its state as metrics: the weight the exchange reports used and the
+budget, 429 and 418 answers counted, and the end of the current pause or ban.
 
 Times are seconds from an injectable clock (``time.time`` by default: windows must line up
 with the exchange's minutes and, through Redis, with the other replicas').
@@ -19,15 +21,26 @@ with the exchange's minutes and, through Redis, with the other replicas').
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TypeVar
 
 import structlog
 
 from conclave.errors import IPBannedError, RateLimitedError
+from conclave.market.ratelimit_backends import (
+    WINDOW_S,
+    InProcessBackend,
+    LimiterBackend,
+    Pause,
+    RedisBackend,
+)
+from conclave.observability.metrics import (
+    EXCHANGE_PAUSED_UNTIL,
+    EXCHANGE_THROTTLED,
+    EXCHANGE_WEIGHT_LIMIT,
+    EXCHANGE_WEIGHT_USED,
+)
 from conclave.settings import BinanceSettings
 from conclave.timeframes import iso_ms
 
@@ -36,234 +49,10 @@ log = structlog.get_logger(__name__)
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 T = TypeVar("T")
+__all__ = ["InProcessBackend", "LimiterBackend", "Pause", "RedisBackend", "WeightLimiter"]
 
-WINDOW_S = 60.0
 #: A streak of rate-limit answers doubles the pause up to this many seconds.
 MAX_ESCALATED_PAUSE_S = 60.0
-#: How long a streak of rate-limit answers is remembered.
-STRIKE_MEMORY_S = 600.0
-#: After a Redis failure, stay on the in-process backend this long before trying Redis again.
-REDIS_RETRY_S = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class Pause:
-    """A pause latch: nobody calls the exchange before ``until_s`` (limiter clock, seconds)."""
-
-    until_s: float
-    banned: bool
-
-
-class LimiterBackend(Protocol):
-    """Where the weight counts, the pause latch and the strike count live."""
-
-    async def add_weight(self, window: int, weight: int) -> int:
-        """Add ``weight`` (may be negative) to ``window``; return the window's new total."""
-
-    async def raise_weight(self, window: int, used: int) -> None:
-        """Raise ``window``'s total to ``used`` if it is lower."""
-
-    async def set_pause(self, pause: Pause, ttl_s: float) -> None:
-        """Set the latch unless a longer one is already set."""
-
-    async def get_pause(self) -> Pause | None:
-        """Return the latch, if any (it may already have passed)."""
-
-    async def add_strike(self) -> int:
-        """Count one more rate-limit answer in the current streak; return the streak length."""
-
-    async def clear_strikes(self) -> None:
-        """End the streak (after a successful answer)."""
-
-    async def aclose(self) -> None:
-        """Release connections."""
-
-
-class InProcessBackend:
-    """Counts in this process only; also the fallback when Redis is unavailable."""
-
-    def __init__(self, clock: Clock = time.time) -> None:
-        self._clock = clock
-        self._weights: dict[int, int] = {}
-        self._pause: Pause | None = None
-        self._strikes = 0
-        self._strike_at = -math.inf
-
-    async def add_weight(self, window: int, weight: int) -> int:
-        for old in [w for w in self._weights if w < window - 1]:
-            del self._weights[old]
-        total = self._weights.get(window, 0) + weight
-        self._weights[window] = total
-        return total
-
-    async def raise_weight(self, window: int, used: int) -> None:
-        self._weights[window] = max(self._weights.get(window, 0), used)
-
-    async def set_pause(self, pause: Pause, ttl_s: float) -> None:
-        if self._pause is None or self._pause.until_s < pause.until_s:
-            self._pause = pause
-
-    async def get_pause(self) -> Pause | None:
-        return self._pause
-
-    async def add_strike(self) -> int:
-        now = self._clock()
-        if now - self._strike_at > STRIKE_MEMORY_S:
-            self._strikes = 0
-        self._strikes += 1
-        self._strike_at = now
-        return self._strikes
-
-    async def clear_strikes(self) -> None:
-        self._strikes = 0
-
-    async def aclose(self) -> None:
-        return None
-
-
-_SET_MAX = """
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
-return 1
-"""
-_SET_PAUSE = """
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local u = tonumber(string.match(cur, '^([^|]+)'))
-  if u and u >= tonumber(ARGV[1]) then return 0 end
-end
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])
-return 1
-"""
-
-
-class RedisBackend:
-    """Counts in Redis, shared by every replica; falls back to `InProcessBackend` on errors."""
-
-    def __init__(
-        self,
-        client: Any,
-        *,
-        key_prefix: str,
-        clock: Clock = time.time,
-        fallback: InProcessBackend | None = None,
-    ) -> None:
-        self._r = client
-        self._prefix = f"{key_prefix}:ratelimit:binance"
-        self._clock = clock
-        self._local = fallback or InProcessBackend(clock)
-        self._down_until = -math.inf
-
-    @property
-    def degraded(self) -> bool:
-        return self._clock() < self._down_until
-
-    async def _try(self, op: Callable[[], Awaitable[T]], local: Callable[[], Awaitable[T]]) -> T:
-        if not self.degraded:
-            try:
-                return await op()
-            except Exception as exc:
-                if not _is_redis_failure(exc):
-                    raise
-                self._down_until = self._clock() + REDIS_RETRY_S
-                log.warning(
-                    "ratelimit_redis_unavailable",
-                    error=type(exc).__name__,
-                    fallback="in_process",
-                    retry_in_s=REDIS_RETRY_S,
-                )
-        return await local()
-
-    async def add_weight(self, window: int, weight: int) -> int:
-        key = f"{self._prefix}:w:{window}"
-
-        async def op() -> int:
-            async with self._r.pipeline(transaction=True) as pipe:
-                pipe.incrby(key, weight)
-                pipe.expire(key, int(2 * WINDOW_S))
-                total, _ = await pipe.execute()
-            return int(total)
-
-        return await self._try(op, lambda: self._local.add_weight(window, weight))
-
-    async def raise_weight(self, window: int, used: int) -> None:
-        key = f"{self._prefix}:w:{window}"
-
-        async def op() -> None:
-            await self._r.eval(_SET_MAX, 1, key, used, int(2 * WINDOW_S))
-
-        await self._try(op, lambda: self._local.raise_weight(window, used))
-
-    async def set_pause(self, pause: Pause, ttl_s: float) -> None:
-        await self._local.set_pause(pause, ttl_s)
-        px = max(1, math.ceil(ttl_s * 1000))
-
-        async def op() -> None:
-            await self._r.eval(
-                _SET_PAUSE, 1, f"{self._prefix}:pause", repr(pause.until_s), int(pause.banned), px
-            )
-
-        await self._try(op, _noop)
-
-    async def get_pause(self) -> Pause | None:
-        local = await self._local.get_pause()
-
-        async def op() -> Pause | None:
-            raw = await self._r.get(f"{self._prefix}:pause")
-            shared = _parse_pause(raw)
-            if shared is None or (local is not None and local.until_s >= shared.until_s):
-                return local
-            return shared
-
-        return await self._try(op, lambda: self._local.get_pause())
-
-    async def add_strike(self) -> int:
-        key = f"{self._prefix}:strikes"
-
-        async def op() -> int:
-            async with self._r.pipeline(transaction=True) as pipe:
-                pipe.incr(key)
-                pipe.expire(key, int(STRIKE_MEMORY_S))
-                n, _ = await pipe.execute()
-            return int(n)
-
-        return await self._try(op, self._local.add_strike)
-
-    async def clear_strikes(self) -> None:
-        await self._local.clear_strikes()
-
-        async def op() -> None:
-            await self._r.delete(f"{self._prefix}:strikes")
-
-        await self._try(op, _noop)
-
-    async def aclose(self) -> None:
-        try:
-            await self._r.aclose()
-        except Exception as exc:
-            if not _is_redis_failure(exc):
-                raise
-
-
-async def _noop() -> None:
-    return None
-
-
-def _is_redis_failure(exc: BaseException) -> bool:
-    from redis.exceptions import RedisError
-
-    return isinstance(exc, RedisError | OSError | asyncio.TimeoutError)
-
-
-def _parse_pause(raw: Any) -> Pause | None:
-    if raw is None:
-        return None
-    text = raw.decode() if isinstance(raw, bytes) else str(raw)
-    until, _, banned = text.partition("|")
-    try:
-        return Pause(until_s=float(until), banned=banned == "1")
-    except ValueError:
-        return None
 
 
 class WeightLimiter:
@@ -277,11 +66,14 @@ class WeightLimiter:
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
         window_s: float = WINDOW_S,
+        source: str = "binance",
     ) -> None:
         if budget <= 0:
             raise ValueError("budget must be positive")
         self.backend = backend
         self.budget = budget
+        self.source = source
+        EXCHANGE_WEIGHT_LIMIT.labels(source).set(budget)
         self._clock = clock
         self._sleep = sleep
         self._window_s = window_s
@@ -323,6 +115,7 @@ class WeightLimiter:
     async def observe(self, used_weight_1m: int) -> None:
         """Raise this window's count to the weight the server reports (``X-MBX-USED-WEIGHT-1M``)."""
         if used_weight_1m > 0:
+            EXCHANGE_WEIGHT_USED.labels(self.source).set(used_weight_1m)
             await self.backend.raise_weight(self._window(self._clock()), used_weight_1m)
 
     async def used(self) -> int:
@@ -341,6 +134,8 @@ class WeightLimiter:
         pause_s = max(retry_after_s, escalated)
         until = self._clock() + pause_s
         await self.backend.set_pause(Pause(until_s=until, banned=banned), pause_s)
+        EXCHANGE_THROTTLED.labels(self.source, "418" if banned else "429").inc()
+        EXCHANGE_PAUSED_UNTIL.labels(self.source, "banned" if banned else "paused").set(until)
         event = "exchange_banned" if banned else "exchange_paused"
         log.warning(event, until=iso_ms(int(until * 1e3)), pause_s=pause_s, strikes=strikes)
         return pause_s

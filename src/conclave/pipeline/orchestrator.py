@@ -12,6 +12,10 @@ Data problems never escape as exceptions: stale data or a failing source turn ev
 into a failed one with that reason (``stale_data`` or ``error``) and the decision into
 ``no_signal`` with the same reason (RELIABILITY.md B4). Bad input (symbol, timeframe) is
 not a data problem and raises `InvalidRequestError` before any I/O.
+
+While tracing is on (`conclave.observability.tracing`) a run is the span ``pipeline.run``
+(run id, account, symbol, timeframe, mode) over ``market.fetch``, one ``agent.call <name>``
+per agent (a client span over HTTP) and ``decision``; while off each costs a no-op.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 import structlog
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from conclave.agents import REGISTRY, AccountState, Agent
 from conclave.agents.registry import Registry
@@ -36,6 +41,7 @@ from conclave.errors import (
 from conclave.market.gateway import MarketGateway, MarketSnapshot
 from conclave.news.headline import base_asset
 from conclave.news.sources import NewsSource
+from conclave.observability import tracing
 from conclave.pipeline.context import (
     AccountReader,
     InputPlan,
@@ -49,6 +55,7 @@ from conclave.pipeline.decision import Decision, DecisionConfig, decide
 from conclave.pipeline.runners import (
     DEFAULT_EXECUTOR,
     DEFAULT_TIMEOUT_S,
+    RUN_ID,
     AgentRunner,
     ExecutorKind,
     LocalRunner,
@@ -160,6 +167,10 @@ class Pipeline:
         }
         self.runners.update(runners or {})
         self._plans: dict[tuple[str, str], InputPlan] = {}
+        modes = {n: str(getattr(r, "mode", "local")) for n, r in self.runners.items()}
+        self._modes = modes
+        self.mode = next(iter(set(modes.values()))) if len(set(modes.values())) == 1 else "mixed"
+        self._call_spans = {n: f"agent.call {n}" for n in self.runners}
 
     async def __aenter__(self) -> Self:
         return self
@@ -212,6 +223,15 @@ class Pipeline:
         )
 
     async def _step(self, name: str, context: PipelineContext, now_iso: str) -> StepResult:
+        mode = self._modes[name]
+        kind = SpanKind.CLIENT if mode == "http" else SpanKind.INTERNAL
+        with tracing.span(self._call_spans[name], kind) as span:
+            step = await self._call(name, context, now_iso)
+            if span.is_recording():
+                _record_step(span, name, mode, step)
+            return step
+
+    async def _call(self, name: str, context: PipelineContext, now_iso: str) -> StepResult:
         runner = self.runners[name]
         agent = self.agents.get(name)
         if agent is not None and agent.needs.news and context.news_error:
@@ -277,13 +297,26 @@ class Pipeline:
         problems end in a ``no_signal`` decision instead.
         """
         run_id = uuid.uuid4().hex
-        # every line logged during the run (runners, gateway, breakers) carries its id
-        with structlog.contextvars.bound_contextvars(run_id=run_id):
-            run = await self._run(run_id, account_id, symbol, timeframe, as_of_ms, now_iso)
-            if run.degraded:
-                missing = list(run.missing_agents)
-                log.warning("run_degraded", decision=run.decision.status, missing=missing)
-            return run
+        token = RUN_ID.set(run_id)  # HttpRunner names the run to the agent services
+        try:
+            # every line logged during the run (runners, gateway, breakers) carries its id
+            with (
+                tracing.span("pipeline.run") as span,
+                structlog.contextvars.bound_contextvars(run_id=run_id),
+            ):
+                if span.is_recording():
+                    span.set_attributes({"conclave.run_id": run_id, "conclave.symbol": symbol[:32],
+                                         "conclave.timeframe": timeframe[:8],
+                                         "conclave.mode": self.mode})  # fmt: skip
+                    if account_id is not None:
+                        span.set_attribute("conclave.account_id", account_id[:64])
+                run = await self._run(run_id, account_id, symbol, timeframe, as_of_ms, now_iso)
+                if run.degraded:
+                    missing = list(run.missing_agents)
+                    log.warning("run_degraded", decision=run.decision.status, missing=missing)
+                return run
+        finally:
+            RUN_ID.reset(token)
 
     async def _run(
         self,
@@ -299,14 +332,18 @@ class Pipeline:
         limit, higher = self.plan(tf)
         source = self.gateway.source
         try:
-            snapshot = await self.gateway.snapshot(
-                symbol,
-                tf,
-                higher=higher,
-                limit=limit,
-                higher_limit=self.higher_limit(tf),
-                as_of_ms=as_of_ms,
-            )
+            with tracing.span("market.fetch") as span:
+                if span.is_recording():
+                    span.set_attributes({"conclave.source": source.name, "conclave.limit": limit,
+                                         "conclave.higher_timeframes": list(higher)})  # fmt: skip
+                snapshot = await self.gateway.snapshot(
+                    symbol,
+                    tf,
+                    higher=higher,
+                    limit=limit,
+                    higher_limit=self.higher_limit(tf),
+                    as_of_ms=as_of_ms,
+                )
         except (SkipStepError, RetryLaterError, ExchangeRejectedError) as exc:
             status: StepStatus = "stale_data" if isinstance(exc, StaleDataError) else "error"
             reason = f"{exc.reason}: {exc}"
@@ -322,8 +359,24 @@ class Pipeline:
         context = await self.context(snapshot, account_id)
         steps = await self.run_steps(context, now_iso=now_iso)
         self._log_failed(steps)
-        decision = decide(steps, self.config, self.registry)
+        with tracing.span("decision") as span:
+            decision = decide(steps, self.config, self.registry)
+            if span.is_recording():
+                span.set_attributes({"conclave.decision.status": decision.status,
+                                     "conclave.decision.degraded": decision.degraded})  # fmt: skip
         return PipelineRun(
             run_id, account_id, symbol, tf, as_of_ms, snapshot.simulated, snapshot.source,
             steps, decision, (time.perf_counter() - t0) * 1000.0, now_iso,
         )  # fmt: skip
+
+
+def _record_step(span: Any, name: str, mode: str, step: StepResult) -> None:
+    """The ``agent.call`` span's attributes: the agent, its mode, the step's status and the
+    code of its reason (the text before the first colon, never the message)."""
+    span.set_attributes({"conclave.agent": name, "conclave.agent.mode": mode,
+                         "conclave.step.status": step.status})  # fmt: skip
+    if step.error:
+        code = step.error.split(":", 1)[0][:40]
+        span.set_attribute("conclave.step.reason", code)
+        if step.status in ("error", "timeout"):
+            span.set_status(Status(StatusCode.ERROR, code))

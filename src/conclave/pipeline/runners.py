@@ -21,6 +21,9 @@ thread pool 1.15-1.6x (p99 up to 2x); process pool 2.1-2.6x. The sum of the agen
 medians is 2.4-2.8 ms of it: each agent is a fraction of a millisecond of numpy, so handing
 it to a thread costs more than the GIL-bound work it could overlap, and a process pays a
 pickle of the candles both ways. Hence the default: ``inline`` (`DEFAULT_EXECUTOR`).
+
+`RUN_ID` holds the id of the run in progress, so a runner that calls out (``HttpRunner``)
+can name it (header ``x-run-id``) without the protocol growing a parameter.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ import asyncio
 import multiprocessing
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import replace
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from conclave.agents import Agent, AgentInput
 from conclave.errors import AgentOutputError, ConclaveError
@@ -42,6 +46,8 @@ EXECUTOR_KINDS: tuple[ExecutorKind, ...] = ("inline", "thread", "process")
 DEFAULT_EXECUTOR: ExecutorKind = "inline"
 #: RELIABILITY.md: an agent call times out after 2 s, in process as over HTTP.
 DEFAULT_TIMEOUT_S = 2.0
+#: The id of the pipeline run in progress in this context (set by ``Pipeline.run``).
+RUN_ID: ContextVar[str | None] = ContextVar("conclave_run_id", default=None)
 
 
 @runtime_checkable
@@ -103,6 +109,8 @@ def make_executor(kind: ExecutorKind, *, workers: int | None = None) -> Executor
 
 class LocalRunner:
     """Calls ``agent`` in this process, inline or on ``executor``, within ``timeout_s``."""
+
+    mode: ClassVar[str] = "local"
 
     def __init__(
         self,

@@ -19,6 +19,9 @@ One pass over a job (`Scheduler.run_job`):
 
 `Scheduler.run_due_once` does one pass over every job (``conclave scheduler --once``);
 `Scheduler.serve_forever` repeats passes, sleeping until the next slot of any job.
+
+Metrics: each claimed slot's lag (its close to the start of its run), and slots by outcome
+(``ok``, ``failed``, ``error``, ``claimed_elsewhere``; ``missed`` counts the coalesced ones).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Literal
 
 import structlog
 
+from conclave.observability.metrics import SCHEDULER_SLOT_LAG, SCHEDULER_SLOTS
 from conclave.scheduler.claims import SlotClaims
 from conclave.scheduler.jobs import Job, Slot, due_slot, missed_between, next_fire_ms
 from conclave.scheduler.watchdog import Watchdog, WatchedJob
@@ -115,6 +119,7 @@ class Scheduler:
                 return await self._run_locked(job, self.now_ms() if now_ms is None else now_ms)
             except Exception as exc:  # the store being down must not stop the scheduler
                 log.warning("scheduler_pass_failed", job=job.id, error=type(exc).__name__)
+                SCHEDULER_SLOTS.labels("error").inc()
                 return Outcome(job.id, "error", reason=f"{type(exc).__name__}: {exc}"[:300])
 
     async def _run_locked(self, job: Job, now_ms: int) -> Outcome:
@@ -125,15 +130,21 @@ class Scheduler:
             return Outcome(job.id, "not_due")
         slot = Slot(due.open_ms, due.close_ms, missed_between(tf, last, due.open_ms))
         if not await self.claims.claim(job.id, slot):
+            SCHEDULER_SLOTS.labels("claimed_elsewhere").inc()
             return Outcome(job.id, "claimed_elsewhere", slot)
+        if slot.missed:
+            SCHEDULER_SLOTS.labels("missed").inc(slot.missed)
+        SCHEDULER_SLOT_LAG.observe(max(0.0, (now_ms - slot.close_ms) / 1000.0))
         try:
             result = await self.execute(job, slot)
         except Exception as exc:  # recorded on the slot; the next slot runs as usual
             reason = f"{type(exc).__name__}: {exc}"[:300]
             await self.claims.finish(job.id, slot.open_ms, "failed", error=reason)
             log.warning("scheduled_run_failed", job=job.id, slot=slot.open_ms, reason=reason)
+            SCHEDULER_SLOTS.labels("failed").inc()
             return Outcome(job.id, "failed", slot, reason=reason)
         status: Literal["ok", "failed"] = "ok" if result.ok else "failed"
+        SCHEDULER_SLOTS.labels(status).inc()
         await self.claims.finish(
             job.id, slot.open_ms, status, run_id=result.run_id, error=result.reason or None
         )

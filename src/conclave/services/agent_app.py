@@ -1,6 +1,7 @@
 """One FastAPI app factory serves any agent of a registry (ARCHITECTURE.md, wire contract).
 
-``GET /health`` and ``GET /info`` describe the service; ``POST /run`` takes a context (see
+``GET /health`` (with ``/health/live`` and ``/health/ready``) and ``GET /info`` describe the
+service (`conclave.services.agent_health`); ``POST /run`` takes a context (see
 `conclave.pipeline.wire`) and answers exactly the agent's ``AgentResult.to_wire()``:
 
 - data inline: used as of ``asOf`` (`as_of_input`), checked as the gateway checks what it
@@ -56,8 +57,10 @@ from conclave.market.cache import make_cache
 from conclave.market.gateway import MarketGateway
 from conclave.market.sources import open_source
 from conclave.market.validation import check_fresh, drop_unclosed
+from conclave.observability.tracing import agent_compute, fastapi_options
 from conclave.pipeline.orchestrator import Pipeline
 from conclave.pipeline.wire import WireContext, WireError, decode_context
+from conclave.services.agent_health import RunStats, install_agent_health
 from conclave.services.http_common import (
     ApiError,
     check_json_type,
@@ -72,7 +75,6 @@ from conclave.settings import Settings, check_agent_settings
 from conclave.timeframes import Timeframe, iso_ms
 
 log = structlog.get_logger(__name__)
-ENDPOINTS = {"health": "GET /health", "info": "GET /info", "run": "POST /run"}
 _RUN_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["symbol", "timeframe"],
@@ -155,32 +157,7 @@ class _Service:
         self.now_ms = now_ms
         self.gateway = gateway
         self.pipeline: Pipeline | None = None
-
-    def info(self) -> dict[str, Any]:
-        base = self.agent.info()
-        needs = base["needs"]
-        timeframes = list(self.settings.market.timeframes)
-        return {
-            "name": self.agent.name,
-            "version": self.agent.version,
-            "description": self.agent.description,
-            "endpoints": ENDPOINTS,
-            "timeframes": timeframes,
-            "needs": {
-                "minBars": needs["min_bars"],
-                "lookback": needs["lookback"],
-                "higherMultiples": needs["higher"],
-                "news": needs["news"],
-                "account": needs["account"],
-            },
-            "minBars": {tf: self.agent.min_bars(tf) for tf in timeframes},
-            "lookback": {tf: self.agent.lookback(tf) for tf in timeframes},
-            "higherTimeframes": {
-                tf: list(self.agent.needs.higher_timeframes(tf)) for tf in timeframes
-            },
-            "parameters": base["parameters"],
-            "parametersSchema": base["parameters_schema"],
-        }
+        self.stats = RunStats(now_ms)  # what /health reports of the answers since start
 
     def _allowed(self, ctx: WireContext) -> None:
         market = self.settings.market
@@ -230,7 +207,8 @@ class _Service:
         agent_input = resolved
         now_iso = iso_ms(self.now_ms())
         try:
-            return self.agent.run(agent_input, now_iso=now_iso).to_wire()
+            with agent_compute(self.agent.name):  # a child of the request's server span
+                return self.agent.run(agent_input, now_iso=now_iso).to_wire()
         except AgentError as exc:
             took = (time.perf_counter() - t0) * 1000.0
             return _failed(self.agent, "error", f"{exc.reason}: {exc}", now_iso, took)
@@ -288,12 +266,15 @@ class RunRoute:
                 log.warning("agent_request_rejected", **fields)
             else:
                 log.error("agent_request_failed", **fields)
+            self.service.stats.refused(status, code, str(exc))
         except Exception as exc:  # answered 500 ``internal`` by the app's handler
             log.error("agent_request_failed", agent=agent, http=500, code="internal",
                       reason=f"{type(exc).__name__}: {exc}"[:300], duration_ms=_ms(t0))  # fmt: skip
+            self.service.stats.refused(500, "internal", type(exc).__name__)
             raise
         else:
             _log_result(agent, out, t0)
+            self.service.stats.answered(out)
         await send_json(send, status, raw)
 
 
@@ -357,30 +338,18 @@ def create_agent_app(
         version=service.agent.version,
         description=service.agent.description,
         lifespan=lifespan,
+        **fastapi_options(),  # FastAPI's own telemetry off: TraceMiddleware traces
     )
     app.add_middleware(RunRoute, service=service)  # added first: inside the body limit
-    install_http_common(app, max_body_bytes=settings.agents.max_body_bytes)
+    install_http_common(
+        app,
+        max_body_bytes=settings.agents.max_body_bytes,
+        service=name,
+        metrics=settings.metrics.enabled,
+        fixed_routes=("/run",),
+    )
 
-    @app.get("/health", summary="Liveness of this agent service")
-    async def health() -> Response:
-        return json_response({"status": "ok", "agent": name, "timestamp": iso_ms(service.now_ms())})
-
-    @app.get("/health/live", summary="The process answers")
-    async def health_live() -> Response:
-        return json_response({"status": "ok", "agent": name})
-
-    @app.get("/health/ready", summary="It can run: its data source is configured")
-    async def health_ready() -> Response:
-        if service.gateway is None:
-            body = {"status": "not_ready", "agent": name, "reasons": ["no data source configured"]}
-            return json_response(body, 503)
-        return json_response(
-            {"status": "ready", "agent": name, "source": service.gateway.source.name}
-        )
-
-    @app.get("/info", summary="What this agent needs and the parameters in effect")
-    async def info() -> Response:
-        return json_response(service.info())
+    install_agent_health(app, service)  # /health, /health/live, /health/ready, /info
 
     @app.post(
         "/run",

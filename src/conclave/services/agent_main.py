@@ -6,7 +6,8 @@ the agent app, not the whole ``conclave`` command line (its accounts, scheduler,
 backtest and API modules), so an agent process stays small: about 84 MB resident, against
 121 MB when served from the process that had imported the whole command line. ``conclave
 agent serve`` checks its arguments and then replaces itself with this entry (`exec_lean`).
-The agents are those of `conclave.agents.REGISTRY`, read here, at the edge.
+The agents are those of `conclave.agents.REGISTRY`, read here, at the edge, and so are the
+``OTEL_*`` variables (`conclave.observability.tracing`; service ``conclave-agent-<name>``).
 """
 
 from __future__ import annotations
@@ -86,16 +87,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --port must be 1 to 65535, got {port}", file=sys.stderr)
         return 2
     from conclave.logging import configure_logging
+    from conclave.observability import tracing
 
     configure_logging(settings.log_level, settings.log_json)
-    serve(
-        args.name,
-        settings,
-        registry=REGISTRY,
-        port=port,
-        host=args.host or settings.agents.host,
-        now_ms=lambda: int(time.time() * 1000),
-    )  # the clock is read here, at the edge
+    try:  # OTEL_* read here, at the edge; off unless they ask for an exporter
+        traces = tracing.tracing_config(
+            os.environ, service_name=tracing.AGENT_SERVICE.format(args.name)
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with tracing.tracing_session(traces):  # flushes queued spans when uvicorn returns
+        serve(
+            args.name,
+            settings,
+            registry=REGISTRY,
+            port=port,
+            host=args.host or settings.agents.host,
+            now_ms=lambda: int(time.time() * 1000),
+        )  # the clock is read here, at the edge
     return 0
 
 

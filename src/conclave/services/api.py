@@ -45,6 +45,7 @@ from conclave.agents import REGISTRY
 from conclave.agents.registry import Registry
 from conclave.errors import StoreRejectedError, StoreUnavailableError
 from conclave.market.sources import CandleSource
+from conclave.observability.tracing import fastapi_options
 from conclave.pipeline.wire import ACCOUNT_ID_PATTERN
 from conclave.services.accounts_api import router as accounts_router
 from conclave.services.health import install_health
@@ -227,8 +228,14 @@ def create_app(
         version="1.0.0",
         description="Runs the agents, combines them into one decision and records it.",
         lifespan=lifespan,
+        **fastapi_options(),  # FastAPI's own telemetry off: TraceMiddleware traces
     )
-    install_http_common(app, max_body_bytes=settings.api.max_body_bytes)
+    install_http_common(
+        app,
+        max_body_bytes=settings.api.max_body_bytes,
+        service="orchestrator",
+        metrics=settings.metrics.enabled,
+    )
     for exc_type in store_errors():
         app.add_exception_handler(exc_type, _on_store_error)
     app.add_exception_handler(StoreRejectedError, _on_store_rejected)

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from conclave.accounts.hook import process_for_account
+from conclave.observability import tracing
 from conclave.pipeline import Pipeline, PipelineRun
 from conclave.scheduler.claims import JobTable, SlotClaims
 from conclave.scheduler.jobs import Job, Slot
@@ -51,13 +52,18 @@ class PipelineExecutor:
         """Run ``job`` as of ``slot.close_ms``, save it, hand it to the account hook."""
         rt = self.runtime
         now = rt.now_ms()
-        async with asyncio.timeout(rt.settings.pipeline.run_deadline_s):
-            run = await self.pipeline().run(
-                job.account_id, job.symbol, job.timeframe,
-                as_of_ms=slot.close_ms, now_iso=iso_ms(now),
-            )  # fmt: skip
-        wire = run.to_wire()
-        await rt.store.save_run(wire)
+        with tracing.span("scheduler.slot") as span:  # one scheduled run, one trace
+            if span.is_recording():
+                span.set_attribute("conclave.job_id", job.id)
+                span.set_attribute("conclave.slot_open_ms", slot.open_ms)
+                span.set_attribute("conclave.missed", slot.missed)
+            async with asyncio.timeout(rt.settings.pipeline.run_deadline_s):
+                run = await self.pipeline().run(
+                    job.account_id, job.symbol, job.timeframe,
+                    as_of_ms=slot.close_ms, now_iso=iso_ms(now),
+                )  # fmt: skip
+            rt.count(run)
+            await rt.store.save_run(run.to_wire())
         if job.account_id is not None and self.on_account_run is not None:
             try:
                 await self.on_account_run(run)

@@ -4,9 +4,14 @@
 - ``GET /health/ready``: it can serve runs: the database answers and, when the risk agent is
   called over HTTP, that service answers and its breaker is closed; else 503 with reasons.
 - ``GET /health``: each component's real state. ``database`` (down: 503, runs could not be
-  recorded), ``cache`` (Redis unreachable or bypassed: ``degraded``), ``exchange`` (clock
-  skew; the rate limiter's pause or ban latch), ``agents`` (an agent service unreachable or
-  its breaker not closed: ``degraded``, naming it; the risk agent so: ``critical``).
+  recorded), ``cache`` (Redis unreachable or bypassed: ``degraded``), ``exchange`` (see
+  `gateway_state`), ``agents`` (an agent service unreachable or its breaker not closed:
+  ``degraded``, naming it; the risk agent so: ``critical``; one that answers but reports
+  itself ``degraded`` still serves the orchestrator's inline-data runs: listed, not
+  unavailable).
+
+`gateway_state` and `cache_state` take the parts themselves, not the runtime, so the agent
+services' ``/health`` (`conclave.services.agent_health`) reports them the same way.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from starlette.responses import Response
 
-from conclave.market.cache import MemoryCache, RedisCache
+from conclave.market.cache import CandleCache, MemoryCache, RedisCache
 from conclave.market.candles import Candles
+from conclave.market.gateway import FetchLog, MarketGateway
 from conclave.market.ratelimit import WeightLimiter
 from conclave.pipeline.breaker import CircuitBreaker
 from conclave.services.http_common import json_response
@@ -35,6 +41,10 @@ if TYPE_CHECKING:
 #: How long ``GET /agents`` and ``GET /health`` wait for one agent's health answer.
 HEALTH_TIMEOUT_S = 1.0
 HealthHook = Callable[["Runtime", dict[str, Any]], Awaitable[dict[str, Any]]]
+#: Exchange statuses that make a report ``degraded`` (``warn`` and ``unknown`` do not).
+EXCHANGE_FAILING = ("banned", "paused", "down", "degraded")
+#: Fetch failures that mean the exchange cannot be reached at all: ``down``, not ``degraded``.
+UNREACHABLE = ("exchange_unavailable", "exchange_timeout")
 
 
 async def agent_states(
@@ -69,8 +79,8 @@ async def _agent_state(
     except Exception as exc:  # a dead agent is a status, not an error of this endpoint
         status, error = "down", type(exc).__name__
     else:
-        status = "ok" if answer.get("status") == "ok" else str(answer.get("status", "down"))
-        error = str(answer.get("error", "")) if status != "ok" else ""
+        status = str(answer.get("status", "down"))
+        error = str(answer.get("error", "")) if status not in ("ok", "degraded") else ""
     out |= {"status": status, "latencyMs": round((time.perf_counter() - t0) * 1000.0, 3)}
     breaker = getattr(runner, "breaker", None)
     if isinstance(breaker, CircuitBreaker):
@@ -86,7 +96,8 @@ def agents_component(states: list[dict[str, Any]], risk: str) -> dict[str, Any]:
     bad = [
         s["name"]
         for s in states
-        if s["status"] != "ok" or s.get("breaker", {}).get("state", "closed") != "closed"
+        if s["status"] not in ("ok", "degraded")  # degraded: its own data path, not ours
+        or s.get("breaker", {}).get("state", "closed") != "closed"
     ]
     status = "critical" if risk in bad else "degraded" if bad else "ok"
     detail = {s["name"]: _agent_brief(s) for s in states}
@@ -111,10 +122,15 @@ async def database(runtime: Runtime) -> dict[str, Any]:
 
 
 async def cache(runtime: Runtime) -> dict[str, Any]:
+    """The orchestrator's cache; see `cache_state`."""
+    timeout_s = runtime.settings.market.cache.redis_timeout_s
+    return await cache_state(runtime.cache, runtime.settings.redis_url, timeout_s=timeout_s)
+
+
+async def cache_state(c: CandleCache, redis_url: str | None, *, timeout_s: float) -> dict[str, Any]:
     """Redis: a PING now and the cache not bypassed; memory: a write read back."""
-    c = runtime.cache
     if isinstance(c, RedisCache):
-        reachable, error = await _ping_redis(runtime)
+        reachable, error = await _ping_redis(redis_url, timeout_s)
         ok = reachable and c.available
         out = {"backend": "redis", "status": "ok" if ok else "degraded"}
         reason = error or ("bypassed after a failure" if not c.available else "")
@@ -124,11 +140,9 @@ async def cache(runtime: Runtime) -> dict[str, Any]:
     return {"backend": type(c).__name__, "status": "unknown"}
 
 
-async def _ping_redis(runtime: Runtime) -> tuple[bool, str]:
-    url = runtime.settings.redis_url
+async def _ping_redis(url: str | None, timeout_s: float) -> tuple[bool, str]:
     if not url:
         return False, "no REDIS_URL"
-    timeout_s = runtime.settings.market.cache.redis_timeout_s
     client: Redis = Redis.from_url(
         url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
     )
@@ -149,18 +163,39 @@ async def _memory_round_trip(c: MemoryCache) -> bool:
 
 
 async def exchange(runtime: Runtime) -> dict[str, Any]:
-    """The source, its clock skew (A8: ``warn`` above the limit) and any pause or ban latch."""
-    source = runtime.gateway.source
+    """The orchestrator's exchange; see `gateway_state`."""
+    return await gateway_state(runtime.gateway, timeout_s=HEALTH_TIMEOUT_S)
+
+
+def fetch_state(fetches: FetchLog) -> dict[str, Any]:
+    """``lastSuccess`` (ISO UTC or None) and ``lastError`` (``{at, reason, message}`` or None)."""
+    ok, err = fetches.last_success, fetches.last_error
+    error = None if err is None else {"at": iso_ms(err.at_ms), "reason": err.reason,
+                                      "message": err.message}  # fmt: skip
+    return {"lastSuccess": None if ok is None else iso_ms(ok.at_ms), "lastError": error}
+
+
+async def gateway_state(gateway: MarketGateway, *, timeout_s: float) -> dict[str, Any]:
+    """The source, its last fetches, its clock skew and any pause or ban latch, with a status.
+
+    The status is the worst that holds: ``banned`` or ``paused`` (the rate limiter's latch,
+    ``bannedUntil``/``pausedUntil``); ``down`` (the newest fetch failed and the exchange could
+    not be reached: ``exchange_unavailable``, ``exchange_timeout``) or ``degraded`` (it
+    failed otherwise: ``rate_limited``, ``exchange_data``, ...), until a fetch succeeds;
+    ``warn`` (clock skew over the limit, A8; corrected for, so not a failure); ``ok`` (the
+    newest fetch succeeded, or none yet but the exchange answered its time probe); else
+    ``unknown``: nothing has been fetched yet, so nothing is known.
+    """
+    source = gateway.origin
     out: dict[str, Any] = {"source": source.name, "simulated": source.simulated}
+    out |= fetch_state(gateway.fetches)
     problems: list[str] = []
-    if (clock := runtime.gateway.exchange_clock) is not None:
-        out |= await clock.health(timeout_s=HEALTH_TIMEOUT_S)
-        if clock.skew_warning:
-            problems.append("warn")
+    if (clock := gateway.exchange_clock) is not None:
+        out |= await clock.health(timeout_s=timeout_s)
     limiter = getattr(source, "limiter", None)
     if isinstance(limiter, WeightLimiter):
         try:
-            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+            async with asyncio.timeout(timeout_s):
                 pause = await limiter.paused_until()
         except Exception as exc:  # reported, never raised
             out["limiterError"] = type(exc).__name__
@@ -168,8 +203,17 @@ async def exchange(runtime: Runtime) -> dict[str, Any]:
             if pause is not None:
                 kind = "banned" if pause.banned else "paused"
                 out[f"{kind}Until"] = iso_ms(int(pause.until_s * 1000))
-                problems.insert(0, kind)
-    return out | {"status": problems[0] if problems else "ok"}
+                problems.append(kind)
+    if gateway.fetches.failing:
+        err = gateway.fetches.last_error
+        problems.append("down" if err is not None and err.reason in UNREACHABLE else "degraded")
+    if clock is not None and clock.skew_warning:
+        problems.append("warn")
+    if problems:
+        return out | {"status": problems[0]}
+    clocked = out.get("clockSkewMs") is not None and "clockError" not in out
+    known = gateway.fetches.last_success is not None or clocked
+    return out | {"status": "ok" if known else "unknown"}
 
 
 async def report(runtime: Runtime) -> dict[str, Any]:
@@ -181,7 +225,7 @@ async def report(runtime: Runtime) -> dict[str, Any]:
     degraded = (
         db.get("status") != "ok"
         or ch["status"] != "ok"
-        or ex["status"] in ("paused", "banned")
+        or ex["status"] in EXCHANGE_FAILING
         or agents["status"] != "ok"
     )
     status = "critical" if agents["status"] == "critical" else "degraded" if degraded else "ok"

@@ -31,6 +31,9 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conclave.errors import InvalidRequestError
+from conclave.observability.http import HttpMetricsMiddleware
+from conclave.observability.metrics import CONTENT_TYPE, render
+from conclave.observability.tracing import TraceMiddleware
 
 log = structlog.get_logger(__name__)
 
@@ -235,9 +238,28 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal", "internal error")
 
 
-def install_http_common(app: FastAPI, *, max_body_bytes: int) -> None:
-    """Add the body limit and the JSON error handlers of this module to ``app``."""
+def install_http_common(
+    app: FastAPI,
+    *,
+    max_body_bytes: int,
+    service: str,
+    metrics: bool = True,
+    fixed_routes: tuple[str, ...] = (),
+) -> None:
+    """Add the body limit and the JSON error handlers of this module to ``app``, and (with
+    ``metrics``) ``GET /metrics`` and the request metrics of ``service`` (its name in the
+    ``service`` label); ``fixed_routes`` are paths answered in front of the router."""
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
+    if metrics:
+        # outermost: a 413 from the body limit is timed and counted too
+        app.add_middleware(HttpMetricsMiddleware, service=service, fixed_routes=fixed_routes)
+
+        @app.get("/metrics", summary="Prometheus metrics of this process", tags=["operations"])
+        async def metrics_endpoint() -> Response:
+            return Response(render(), media_type=CONTENT_TYPE)
+
+    # outermost of all: the request's server span (a no-op while tracing is off)
+    app.add_middleware(TraceMiddleware, service=service, fixed_routes=fixed_routes)
     app.add_exception_handler(HTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(InvalidRequestError, _on_invalid_request)

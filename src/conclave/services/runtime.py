@@ -35,8 +35,10 @@ from conclave.market.cache import CandleCache, make_cache
 from conclave.market.gateway import MarketGateway
 from conclave.market.sources import CandleSource, open_source
 from conclave.pipeline import AgentRunner, Pipeline, PipelineRun
+from conclave.pipeline.breaker import CircuitBreaker
 from conclave.services import health
 from conclave.services.health import HEALTH_TIMEOUT_S
+from conclave.services.run_metrics import breaker_collectors, record_run
 from conclave.settings import Settings, check_agent_settings
 from conclave.timeframes import iso_ms
 
@@ -201,6 +203,8 @@ class Runtime:
         # paper accounts over the run store (None for a store that is not the real one)
         self.accounts = open_accounts(store)
         self.account_reader = StoreAccountReader(self.accounts) if self.accounts else None
+        if self.settings.metrics.enabled:
+            breaker_collectors(self._breakers)
 
     @classmethod
     async def open(
@@ -214,7 +218,6 @@ class Runtime:
     ) -> Runtime:
         """Open the store, the gateway and the shared agent client from ``settings``, for
         the agents of ``registry``."""
-        from conclave.pipeline.breaker import CircuitBreaker
         from conclave.pipeline.http_runner import AgentHttpClient, HttpRunner
 
         check_agent_settings(settings, registry)  # before anything is opened
@@ -262,6 +265,10 @@ class Runtime:
             return "monolithic"
         return "microservices" if modes == {"http"} else "mixed"
 
+    def _breakers(self) -> dict[str, CircuitBreaker]:
+        found = ((n, getattr(r, "breaker", None)) for n, r in self._http_runners.items())
+        return {n: b for n, b in found if isinstance(b, CircuitBreaker)}
+
     def runner(self, name: str) -> AgentRunner:
         """The (shared) HTTP runner of agent ``name``."""
         runner = self._http_runners.get(name)
@@ -302,8 +309,15 @@ class Runtime:
             run = await self.pipeline(use_http).run(
                 account_id, symbol, timeframe, as_of_ms=now, now_iso=iso_ms(now)
             )
+        self.count(run, use_http)
         await self._after_run(run)
         return run
+
+    def count(self, run: PipelineRun, use_http: bool | None = None) -> None:
+        """Add ``run`` (made with the modes of ``use_http``) to the metrics, when enabled."""
+        if self.settings.metrics.enabled:
+            http = frozenset(e.name for e in self.endpoints(use_http) if e.mode == "http")
+            record_run(run, http)
 
     async def _after_run(self, run: PipelineRun) -> None:
         """Act on ``run`` for its paper account (order, fills, equity); never fails the run."""

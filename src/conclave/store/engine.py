@@ -30,6 +30,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 from conclave.errors import ConfigurationError
+from conclave.observability.metrics import DB_ERRORS
 
 Backend = Literal["sqlite", "postgresql"]
 
@@ -91,6 +92,7 @@ def create_engine(
             json_serializer=_json_dumps,
         )
         _sqlite_events(engine, busy_timeout_s)
+        _count_errors(engine)
         return engine
     # command_timeout: a hung (SIGSTOPped) server fails queries instead of blocking them
     connect_args: dict[str, Any] = {
@@ -99,7 +101,7 @@ def create_engine(
     }
     if schema is not None:
         connect_args["server_settings"] = {"search_path": schema}
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         connect_args=connect_args,
         pool_pre_ping=True,
@@ -108,6 +110,44 @@ def create_engine(
         pool_timeout=connect_timeout_s + 5.0,
         json_serializer=_json_dumps,
     )
+    _count_errors(engine)
+    return engine
+
+
+def error_kind(exc: BaseException, *, disconnect: bool = False) -> str:
+    """The ``kind`` label of a database error: connection, timeout, integrity or other."""
+    name = type(exc).__name__.lower()
+    if isinstance(exc, TimeoutError) or "timeout" in name or "timeout" in str(exc).lower():
+        return "timeout"
+    if "integrity" in name or "uniqueviolation" in name or "foreignkey" in name:
+        return "integrity"
+    if disconnect or isinstance(exc, ConnectionError | OSError) or "connect" in name:
+        return "connection"
+    return "other"
+
+
+def _count_errors(engine: AsyncEngine) -> None:
+    """Count every database error (failed connects and failed statements) in ``DB_ERRORS``.
+
+    A connect that fails is counted where it happens (asyncpg raises a plain OSError there,
+    which SQLAlchemy's error events never see); a pre-ping that finds a dead pooled
+    connection is not counted: the pool replaces it.
+    """
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _on_connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except Exception as exc:
+            DB_ERRORS.labels(error_kind(exc, disconnect=True)).inc()
+            raise
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _on_error(context: Any) -> None:
+        if context.is_pre_ping or context.connection is None:  # a connect: counted above
+            return
+        exc = context.original_exception
+        DB_ERRORS.labels(error_kind(exc, disconnect=context.is_disconnect)).inc()
 
 
 def _enter_wal(cursor: Any, busy_timeout_s: float) -> None:

@@ -8,6 +8,8 @@ IMMEDIATE`` and waits up to the busy timeout for the lock (D4, D5).
 Driver errors are translated here: a database that cannot be reached, times out or stays
 locked raises `StoreUnavailableError` (retry later; the API answers 503); a write the
 database refuses raises `StoreRejectedError`. Their messages hold no URL, host or SQL.
+While tracing is on, the write of a run is the client span ``db.save_run`` (backend, run id,
+step count: no SQL, no URL).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Self
 
+from opentelemetry.trace import SpanKind
 from sqlalchemy import func, select
 from sqlalchemy.exc import (
     DataError,
@@ -31,6 +34,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from conclave.errors import InvalidRequestError, StoreRejectedError, StoreUnavailableError
+from conclave.observability import tracing
 from conclave.store import codec
 from conclave.store.engine import WRITE, Backend, create_engine, iso_utc, resolve_url, utcnow
 from conclave.store.idempotency import (
@@ -162,16 +166,20 @@ class RunStore:
         if idempotency_key is not None:
             check_key(idempotency_key)
         attempt = self._claims.get(idempotency_key) if idempotency_key is not None else None
-        async with self._write() as conn:
-            await conn.execute(runs.insert().values(**rows.run, created_at=utcnow()))
-            if rows.steps:
-                await conn.execute(run_steps.insert(), rows.steps)
-            await conn.execute(decisions.insert().values(**rows.decision))
-            if idempotency_key is not None:
-                await complete_key(
-                    conn, idempotency_key, rows.run_id, request_hash=request_hash,
-                    attempt=attempt, backend=self.backend,
-                )  # fmt: skip
+        with tracing.span("db.save_run", SpanKind.CLIENT) as span:
+            if span.is_recording():
+                span.set_attributes({"db.system.name": self.backend, "conclave.run_id": rows.run_id,
+                                     "conclave.steps": len(rows.steps)})  # fmt: skip
+            async with self._write() as conn:
+                await conn.execute(runs.insert().values(**rows.run, created_at=utcnow()))
+                if rows.steps:
+                    await conn.execute(run_steps.insert(), rows.steps)
+                await conn.execute(decisions.insert().values(**rows.decision))
+                if idempotency_key is not None:
+                    await complete_key(
+                        conn, idempotency_key, rows.run_id, request_hash=request_hash,
+                        attempt=attempt, backend=self.backend,
+                    )  # fmt: skip
         if idempotency_key is not None:
             self._claims.pop(idempotency_key, None)
 
