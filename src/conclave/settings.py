@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from dotenv import dotenv_values
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from conclave.errors import ConfigurationError, InvalidTimeframeError
@@ -150,6 +158,11 @@ class AgentServiceSettings(_Section):
     start_timeout_s: float = Field(30.0, gt=0)
     stop_timeout_s: float = Field(10.0, gt=0)
     breaker: BreakerSettings = BreakerSettings()
+    #: HMAC secret of signed agent calls (`conclave.security.signing`); required when the
+    #: agents listen beyond loopback (`conclave.security.startup`); never printed
+    secret: SecretStr | None = None
+    #: a signed call older or newer than this many seconds is refused (401)
+    signature_max_age_s: float = Field(5.0, gt=0, le=300)
 
     @field_validator("ports")
     @classmethod
@@ -236,6 +249,27 @@ class MetricsSettings(_Section):
     enabled: bool = True
 
 
+class SecuritySettings(_Section):
+    """API keys, rate limits and CORS of the HTTP API (`conclave.security`).
+
+    ``key_secret`` keys the HMAC under which API keys are stored (at least 32 characters,
+    not a placeholder; checked at start-up, `conclave.security.startup`). ``open_health``
+    and ``open_metrics`` let ``GET /health`` and ``GET /metrics`` through without a key
+    (``/health/live`` and ``/health/ready`` are always open). Limits are per key and shared
+    by every replica through Redis when ``REDIS_URL`` is set. A revoked key stops working
+    within ``key_cache_ttl_s`` (at most 60 s) on every replica.
+    """
+
+    key_secret: SecretStr | None = None
+    open_health: bool = False
+    open_metrics: bool = False
+    runs_per_minute: int = Field(60, gt=0)
+    requests_per_second: int = Field(20, gt=0)
+    key_cache_ttl_s: float = Field(30.0, gt=0, le=60)
+    cors_origins: tuple[str, ...] = ()
+    redis_timeout_s: float = Field(0.25, gt=0)
+
+
 class Settings(BaseSettings):
     """Everything configurable about Conclave; see the README for each name."""
 
@@ -274,6 +308,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     pipeline: PipelineSettings = PipelineSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    security: SecuritySettings = SecuritySettings()
 
     def agent_port(self, name: str, agents: AgentCatalog) -> int:
         """The port of agent ``name``'s service: its override, else its default in ``agents``."""

@@ -24,7 +24,6 @@ from conclave.services.agent_app import create_agent_app
 from conclave.services.api import create_app
 from conclave.services.execute import build_scheduler
 from conclave.services.runtime import Runtime
-from conclave.settings import Settings
 from tests.conftest import need
 from tests.observability.prom_helpers import (
     DASHBOARD,
@@ -43,6 +42,7 @@ from tests.observability.prom_helpers import (
     variables_used,
 )
 from tests.services.helpers import free_port, served
+from tests.services.test_api import make_settings
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 HTTP_AGENT = "momentum"
@@ -182,17 +182,6 @@ def test_metric_names_sees_through_promql() -> None:
 # -- the metric names the services really export --------------------------------------------
 
 
-def _settings(tmp_path: Path, **overrides: Any) -> Settings:
-    base: dict[str, Any] = {
-        "data_dir": tmp_path,
-        "logs_dir": tmp_path / "logs",
-        "database_url": None,
-        "redis_url": None,
-        "use_http_agents": False,
-    }
-    return Settings(_env_file=None, **(base | overrides))
-
-
 async def _asgi(app: Any) -> AsyncIterator[httpx2.AsyncClient]:
     async with app.router.lifespan_context(app):
         transport = httpx2.ASGITransport(app=app)
@@ -208,8 +197,8 @@ async def exposition(tmp_path: Path) -> str:
     three services export."""
     port = free_port()
     agent_url = f"http://127.0.0.1:{port}"
-    agent_app = create_agent_app(HTTP_AGENT, _settings(tmp_path / "agent"))
-    settings = _settings(
+    agent_app = create_agent_app(HTTP_AGENT, make_settings(tmp_path / "agent"))
+    settings = make_settings(
         tmp_path / "orchestrator",
         agents={"urls": {HTTP_AGENT: agent_url}, "http": {HTTP_AGENT: True}},
     )
@@ -224,7 +213,7 @@ async def exposition(tmp_path: Path) -> str:
         degraded = await api.post("/pipeline/run", json=RUN)
         assert degraded.json()["missingAgents"] == [HTTP_AGENT]
         texts.append((await api.get("/metrics")).text)
-    sched_settings = _settings(
+    sched_settings = make_settings(
         tmp_path / "scheduler", scheduler={"jobs": [{"symbol": "BTCUSDT", "timeframe": "1m"}]}
     )
     runtime = await Runtime.open(sched_settings, now_ms=_wall_clock_ms)

@@ -16,7 +16,7 @@ from tests.store.conftest import Target, fresh
 
 TABLES = {"alembic_version", "runs", "run_steps", "decisions", "idempotency_keys"}
 TABLES |= {"accounts", "account_runs", "orders", "positions", "equity_points", "risk_events"}
-TABLES |= {"scheduler_jobs", "scheduled_slots"}
+TABLES |= {"scheduler_jobs", "scheduled_slots", "api_keys"}
 
 
 def _tables(conn: Connection) -> set[str]:
@@ -31,7 +31,7 @@ async def test_open_migrates_an_empty_database_to_head(target: Target) -> None:
     """A database with no tables ends at the package's head revision with every table."""
     store = await target.open()
     try:
-        assert head_revision() == "0003"
+        assert head_revision() == "0004"
         assert await current_revision(store.engine) == head_revision()
         async with store.engine.connect() as conn:
             assert await conn.run_sync(_tables) == TABLES

@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from conclave.cli import accounts, agents, backtest, data, run, scheduler, serve
+from conclave.cli import accounts, agents, backtest, data, keys, run, scheduler, serve
 from conclave.cli.common import CliState, fail
 from conclave.errors import ConfigurationError
 from conclave.logging import configure_logging
@@ -57,6 +57,7 @@ def root(
 # `conclave --help` lists the commands, then the groups, each in the order registered here.
 app.add_typer(data.data_app, name="data")
 app.add_typer(accounts.accounts_app, name="accounts")
+app.add_typer(keys.keys_app, name="keys")
 app.add_typer(agents.agent_cli, name="agent")
 app.add_typer(agents.agents_cli, name="agents")
 app.command("backtest")(backtest.backtest)

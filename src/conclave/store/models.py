@@ -257,3 +257,24 @@ scheduled_slots = Table(
     CheckConstraint("status IN ('pending', 'ok', 'failed')", name="status"),
     Index(None, "job_id", "status", "slot_ms"),
 )
+
+# -- API keys (migration 0004) -------------------------------------------------------------
+#
+# ``api_keys`` holds one row per API key (`conclave.security.keys`): never the key, only its
+# HMAC-SHA256 under the server's key hashing secret. The id is part of the key, so a
+# request's key is found by primary key. Times are ms since the epoch (UTC), from the
+# caller's clock, so expiry and rotation overlaps are testable with a fake one.
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("scope", String(8), nullable=False),
+    Column("key_hash", String(64), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger),
+    Column("revoked_ms", BigInteger),
+    Column("rotated_from", String(16)),
+    CheckConstraint("scope IN ('read', 'run', 'admin')", name="scope"),
+)
