@@ -89,9 +89,13 @@ class FakeClock:
 
 @pytest.fixture
 async def redis_cache(redis_url: str) -> AsyncIterator[RedisCache]:
-    """A RedisCache on the real server under a key prefix of its own, cleaned afterwards."""
+    """A RedisCache on the real server under a key prefix of its own, cleaned afterwards.
+
+    Its timeout is 5 s, not the production 0.25 s: these tests are about what round-trips,
+    and a loaded CI machine must not turn a slow SET into a bypass (the timeout tests build
+    their own cache)."""
     prefix = f"conclave:test:{uuid.uuid4().hex}"
-    cache = RedisCache(redis_url, key_prefix=prefix)
+    cache = RedisCache(redis_url, key_prefix=prefix, timeout_s=5.0)
     yield cache
     client = cache._client
     keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
