@@ -42,6 +42,7 @@ from tests.observability.tracing_helpers import (
 from tests.services.helpers import NOW_ISO, SIM_NOW, served, sim_gateway
 
 HTTP_AGENTS = ["momentum", "order-flow", "market-structure"]
+NEW_ACCOUNT = {"name": "traced", "balance": 10_000, "quote": "USDT"}
 
 
 @pytest.fixture(autouse=True)
@@ -176,7 +177,7 @@ async def test_off_by_default_no_span_no_trace_id_and_the_middleware_passes_thro
 
 
 async def test_a_run_in_process_is_one_trace_under_the_request(tmp_path: Path) -> None:
-    """POST /pipeline/run: the server span is the root; pipeline.run (with run id, account,
+    """POST /pipeline/run: the server span is the root; pipeline.run (with run id,
     symbol, timeframe, mode) holds market.fetch, nine internal agent.call spans and the
     decision; db.save_run is the request's child; every span shares one trace id."""
     with memory_tracing() as exporter:
@@ -191,7 +192,7 @@ async def test_a_run_in_process_is_one_trace_under_the_request(tmp_path: Path) -
     pipe = one(spans, "pipeline.run")
     assert pipe.parent_id == root.span_id
     assert pipe.attributes["conclave.run_id"] == run["runId"]
-    assert pipe.attributes["conclave.account_id"] == "trace-acct"
+    assert "conclave.account_id" not in pipe.attributes  # the run names no account
     assert (pipe.attributes["conclave.symbol"], pipe.attributes["conclave.timeframe"]) == (
         "BTCUSDT",
         "1h",
@@ -366,3 +367,21 @@ async def test_a_scheduled_run_is_one_trace_under_its_slot(tmp_path: Path) -> No
     assert pipe.parent_id == slot.span_id
     assert pipe.attributes["conclave.run_id"] == outcome.run_id
     assert one(spans, "db.save_run").parent_id == slot.span_id
+
+
+async def test_a_run_for_a_paper_account_names_it_on_the_run_span(tmp_path: Path) -> None:
+    """The account is an attribute of pipeline.run (and the run is still one trace)."""
+    with memory_tracing() as exporter:
+        async with api_client(make_settings(tmp_path)) as api:
+            created = await api.post("/accounts", json=NEW_ACCOUNT)
+            assert created.status_code == 201, created.text
+            account = created.json()["id"]
+            resp = await api.post("/pipeline/run", json=BODY | {"accountId": account})
+            assert resp.status_code == 201, resp.text
+        spans = [from_sdk(s) for s in exporter.get_finished_spans()]
+    pipe = [s for s in spans if s.name == "pipeline.run"][-1]
+    assert pipe.attributes["conclave.account_id"] == account
+    assert pipe.attributes["conclave.run_id"] == resp.json()["runId"]
+    root = one(spans, "POST /pipeline/run")
+    assert pipe.parent_id == root.span_id
+    assert pipe.trace_id == root.trace_id
