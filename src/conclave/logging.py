@@ -51,6 +51,18 @@ def add_trace_id(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str,
     return event
 
 
+def _no_query_in_access_log(record: logging.LogRecord) -> bool:
+    """uvicorn's access lines without the query string: a token or a key sent in a query
+    (by mistake or by a client we do not control) must not reach the logs (E9)."""
+    if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) > 2:
+        path = record.args[2]
+        if isinstance(path, str) and "?" in path:
+            args = list(record.args)
+            args[2] = path.split("?", 1)[0] + "?..."
+            record.args = tuple(args)
+    return True
+
+
 def configure_logging(
     level: str = "INFO", json: bool = False, *, stream: TextIO | None = None
 ) -> None:
@@ -94,6 +106,7 @@ def configure_logging(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
         )
     )
+    handler.addFilter(_no_query_in_access_log)
     logging.basicConfig(level=numeric, handlers=[handler], force=True)
     # chatty libraries speak only at WARNING unless DEBUG was asked for
     for noisy in _NOISY:

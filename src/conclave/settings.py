@@ -155,6 +155,8 @@ class AgentServiceSettings(_Section):
     http: dict[str, bool] = Field(default_factory=dict)
     timeout_s: float = Field(2.0, gt=0)
     max_body_bytes: int = Field(1_048_576, gt=0)
+    #: seconds a request's body may take to arrive; then 408 and the connection closes
+    body_timeout_s: float = Field(10.0, gt=0, le=300)
     start_timeout_s: float = Field(30.0, gt=0)
     stop_timeout_s: float = Field(10.0, gt=0)
     breaker: BreakerSettings = BreakerSettings()
@@ -179,6 +181,8 @@ class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(4000, gt=0, lt=65536)
     max_body_bytes: int = Field(65_536, gt=0)
+    #: seconds a request's body may take to arrive; then 408 and the connection closes
+    body_timeout_s: float = Field(10.0, gt=0, le=300)
 
 
 class PipelineSettings(_Section):

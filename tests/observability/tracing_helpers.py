@@ -241,7 +241,8 @@ def traced_agents(names: list[str], env: dict[str, str], cwd: Path) -> Iterator[
 # -- the orchestrator in process --------------------------------------------------------------
 
 SECRETS = ("Bearer sk-trace-0123456789", "key-trace-abcdef", "qs-trace-secret")
-BODY = {"accountId": "trace-acct", "symbol": "BTCUSDT", "timeframe": "1h"}
+# no accountId: one that names no paper account is 404, and a real one adds the account step
+BODY = {"symbol": "BTCUSDT", "timeframe": "1h"}
 
 
 def _now_ms() -> int:

@@ -152,7 +152,9 @@ async def test_post_run_records_nine_steps_and_a_decision(api: httpx2.AsyncClien
 async def test_list_filters_paginates_and_counts(api: httpx2.AsyncClient) -> None:
     """The list filters by account, symbol and status, pages with limit/offset, counts all."""
     ids = []
-    for body in (RUN, RUN, {"symbol": "ETHUSDT", "timeframe": "4h", "accountId": "acc-1"}):
+    new = {"name": "a", "balance": 10_000, "quote": "USDT"}
+    acct = (await api.post("/accounts", json=new)).json()["id"]  # an unknown account is 404
+    for body in (RUN, RUN, {"symbol": "ETHUSDT", "timeframe": "4h", "accountId": acct}):
         resp = await api.post("/pipeline/run", json=body)
         assert resp.status_code == 201, resp.text
         ids.append(resp.json()["runId"])
@@ -161,7 +163,7 @@ async def test_list_filters_paginates_and_counts(api: httpx2.AsyncClient) -> Non
     second = await api.get("/pipeline/runs", params={"symbol": "BTCUSDT", "limit": 1, "offset": 1})
     both = {page["items"][0]["runId"], second.json()["items"][0]["runId"]}
     assert both == set(ids[:2])
-    by_account = (await api.get("/pipeline/runs", params={"accountId": "acc-1"})).json()
+    by_account = (await api.get("/pipeline/runs", params={"accountId": acct})).json()
     assert [r["runId"] for r in by_account["items"]] == [ids[2]]
     status = by_account["items"][0]["status"]
     by_status = (await api.get("/pipeline/runs", params={"status": status})).json()

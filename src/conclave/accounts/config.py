@@ -23,17 +23,46 @@ Orders follow an exchange's lot rules: quantities are whole multiples of ``qty_s
 units; 1e-8 is Binance's finest BTC step) and no order is under ``min_order_notional``
 (quote), exits included; a sale that would leave less than either is a sale of the whole
 position.
+
+``markets`` (optional, at most `MAX_MARKETS`) are the account's default markets, each a
+``{"symbol", "timeframe"}``: ``POST /pipeline/run`` with only the account's id runs them
+(with the account's scheduler jobs; `conclave.services.account_runs`). They are kept in the
+account's JSON config, so accounts created before them need no migration; an account
+without markets stores and shows its config exactly as before (no ``markets`` key).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from conclave.agents import AccountRisk
+from conclave.errors import InvalidTimeframeError
+from conclave.settings import SYMBOL_PATTERN
+from conclave.timeframes import Timeframe
 
 HaltAction = Literal["block_entries", "flatten"]
+#: Most default markets an account may have (and most markets one request runs).
+MAX_MARKETS = 20
+
+
+class Market(BaseModel):
+    """One market an account trades by default: a symbol and a timeframe."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    symbol: str = Field(max_length=20, pattern=SYMBOL_PATTERN.pattern)
+    timeframe: str = Field(max_length=8)
+
+    @field_validator("timeframe")
+    @classmethod
+    def _known_timeframe(cls, value: str) -> str:
+        try:
+            Timeframe.parse(value)
+        except InvalidTimeframeError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
 
 class AccountConfig(BaseModel):
@@ -55,6 +84,7 @@ class AccountConfig(BaseModel):
     cooldown_bars: int = Field(2, ge=0, le=10_000)
     halt_action: HaltAction = "block_entries"
     halt_resume_s: int = Field(86_400, ge=0, le=366 * 86_400)
+    markets: tuple[Market, ...] = Field((), max_length=MAX_MARKETS)
 
     @model_validator(mode="after")
     def _ordered(self) -> AccountConfig:
@@ -64,9 +94,19 @@ class AccountConfig(BaseModel):
                 raise ValueError(f"{name} must satisfy 0 < warn <= reduce <= halt < 1")
         return self
 
+    @field_validator("markets")
+    @classmethod
+    def _distinct(cls, value: tuple[Market, ...]) -> tuple[Market, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("each market may be listed once")
+        return value
+
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON form (tuples as lists)."""
-        return self.model_dump(mode="json")
+        """Plain JSON form (tuples as lists); ``markets`` only when there are some."""
+        out = self.model_dump(mode="json")
+        if not self.markets:
+            del out["markets"]  # the stored form of an account without markets is unchanged
+        return out
 
     def agent_risk(self, blocked_reason: str = "") -> AccountRisk:
         """The levels the risk-manager agent applies to this account."""

@@ -36,6 +36,15 @@ def _check_names(state: CliState, names: list[str] | None) -> list[str] | None:
     return names or None
 
 
+def _refuse_unsafe(state: CliState, host: str) -> None:
+    """Exit 2 naming the setting when agents may not listen on ``host`` as configured."""
+    from conclave.security.startup import check_agent_startup
+
+    verdict = check_agent_startup(host=host, agent_secret=state.settings.agents.secret)
+    if verdict.level == "refuse":
+        fail(state.err, verdict.message, 2)
+
+
 @agent_cli.command("serve")
 def serve(
     ctx: typer.Context,
@@ -52,6 +61,7 @@ def serve(
         fail(state.err, unknown_agent_message(name, REGISTRY), 2)
     if port is not None and not 0 < port < 65536:
         fail(state.err, f"--port: must be 1 to 65535, got {port}", 2)
+    _refuse_unsafe(state, host or settings.agents.host)
     # the same app from the lean entry, in this process's place: it does not carry the whole
     # command line's modules (121 MB resident instead of 84 MB, against a 120 MB budget)
     exec_lean(name, port=port or settings.agent_port(name, REGISTRY),
@@ -67,7 +77,9 @@ def start(
     from conclave.services.procs import pidfile_path, start_agents
 
     state: CliState = ctx.obj
-    results = start_agents(state.settings, _check_names(state, only))
+    names = _check_names(state, only)
+    _refuse_unsafe(state, state.settings.agents.host)
+    results = start_agents(state.settings, names)
     table = Table(title="agent services")
     for col in ("agent", "url", "status", "pid", "detail"):
         table.add_column(col, overflow="fold")

@@ -9,6 +9,11 @@
   over real HTTP, prints the decision (labelled SIMULATED on sim data) and the URLs to
   try, and keeps serving until Ctrl-C (``--once`` stops after the run, for tests).
 
+All three first run the start-up check (`conclave.services.edge_auth.startup_verdict`,
+RELIABILITY E10): bound beyond loopback with no active API key, or with an empty, default
+or short secret, they exit 2 with one line naming the setting; on loopback with no key the
+API serves OPEN and logs ``api_open``.
+
 All three stop gracefully: uvicorn finishes in-flight requests for up to
 `GRACEFUL_SHUTDOWN_S` seconds, then the app's lifespan closes the store and clients.
 Traces (`conclave.observability.tracing`) follow the ``OTEL_*`` variables, read here; the
@@ -70,16 +75,47 @@ class _Server(uvicorn.Server):
         return None
 
 
+def _bound(settings: Settings, host: str) -> Settings:
+    """``settings`` with the API host it is actually bound to (the start-up check reads it)."""
+    return settings.model_copy(update={"api": settings.api.model_copy(update={"host": host})})
+
+
+def _refuse_unsafe(state: CliState, settings: Settings) -> None:
+    """Exit 2 naming the setting when the API may not start as configured (E10).
+
+    The app's lifespan checks again; this runs first so a refusal is one clear line.
+    """
+    from conclave.services.edge_auth import agent_urls, startup_verdict
+    from conclave.services.runtime import open_store
+
+    async def verdict() -> str | None:
+        store = await open_store(settings)
+        try:
+            found = await startup_verdict(settings, store, agent_urls(settings, REGISTRY))
+        finally:
+            await store.aclose()
+        return found.message if found.level == "refuse" else None
+
+    try:
+        refusal = asyncio.run(verdict())
+    except ConclaveError as exc:
+        fail(state.err, f"the orchestrator could not start: {exc}", 1)
+    if refusal is not None:
+        fail(state.err, refusal, 2)
+
+
 def _server(settings: Settings, now_ms: Callable[[], int], host: str, port: int) -> _Server:
     from conclave.services.api import create_app
+    from conclave.services.http_server import server_options
 
     config = uvicorn.Config(
-        create_app(settings, now_ms=now_ms),
+        create_app(_bound(settings, host), now_ms=now_ms),
         host=host,
         port=port,
         log_config=None,  # conclave.logging is configured at the edge already
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         lifespan="on",
+        **server_options(settings.api.body_timeout_s),  # a bounded, timed request head
     )
     return _Server(config)
 
@@ -146,7 +182,9 @@ def serve(
     """Run the orchestrator API (POST /pipeline/run, /docs) in the foreground."""
     state: CliState = ctx.obj
     s = state.settings
-    _serve_blocking(state, s, host or s.api.host, s.api.port if port is None else port)
+    bind_host = host or s.api.host
+    _refuse_unsafe(state, _bound(s, bind_host))
+    _serve_blocking(state, s, bind_host, s.api.port if port is None else port)
 
 
 # -- demo (make run) -----------------------------------------------------------------------
@@ -221,6 +259,7 @@ def demo(
     settings = s.model_copy(
         update={"use_http_agents": False, "agents": s.agents.model_copy(update={"http": {}})}
     )
+    _refuse_unsafe(state, _bound(settings, host or s.api.host))
     with _tracing(state):
         try:
             asyncio.run(
@@ -255,6 +294,7 @@ def up(
     s = state.settings
     settings = s.model_copy(update={"use_http_agents": True})
     bind_host, bind_port = host or s.api.host, s.api.port if port is None else port
+    _refuse_unsafe(state, _bound(settings, bind_host))  # before any agent starts
     state.out.print(f"starting the {len(REGISTRY)} agent services ...")
     results = procs.start_agents(settings, REGISTRY.names)
     # stop exactly what this command started; services that were already up stay up

@@ -21,7 +21,10 @@ with a reason code (C1 to C4), and never a score of 0:
 An answer whose ``meta.status`` is not ``ok`` keeps that status and reason.
 
 Each call sends the run's id (``x-run-id``) and, while tracing, the W3C ``traceparent`` of
-the orchestrator's ``agent.call`` span: the agent's logs and spans join the run's.
+the orchestrator's ``agent.call`` span: the agent's logs and spans join the run's. With a
+`Signer` (``CONCLAVE_AGENTS__SECRET`` set) every request is signed (`conclave.security.signing`:
+method, URL path, time, nonce, body digest), each send afresh, so a POST resent on a new
+connection is never refused as a replay of the first attempt.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import json
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -44,6 +48,7 @@ from conclave.pipeline.breaker import CircuitBreaker
 from conclave.pipeline.context import STEP_STATUSES, StepResult, StepStatus, valid_values
 from conclave.pipeline.runners import RUN_ID
 from conclave.pipeline.wire import encode_input
+from conclave.security.signing import Signer
 
 log = structlog.get_logger(__name__)
 _JSON = {"content-type": "application/json", "accept": "application/json"}
@@ -147,14 +152,21 @@ class AgentHttpClient:
     """The one pooled keep-alive HTTP client (aiohttp) all runners of a process share.
 
     ``max_connections`` covers nine services times eight runs in flight with room; an
-    answer over ``max_answer_bytes`` fails the call. Close with `aclose` (or ``async with``).
+    answer over ``max_answer_bytes`` fails the call. ``signer`` (one per process) signs
+    every request; None sends them unsigned (agents on loopback without a secret). Close
+    with `aclose` (or ``async with``).
     """
 
     def __init__(
-        self, *, max_connections: int = 96, max_answer_bytes: int = MAX_ANSWER_BYTES
+        self,
+        *,
+        max_connections: int = 96,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
+        signer: Signer | None = None,
     ) -> None:
         self.max_connections = max_connections
         self.max_answer_bytes = max_answer_bytes
+        self.signer = signer
         self._pooled: aiohttp.ClientSession | None = None
         self._fresh: aiohttp.ClientSession | None = None  # a new connection per request
 
@@ -184,11 +196,21 @@ class AgentHttpClient:
     ) -> tuple[int, bytes]:
         limit = self.max_answer_bytes
         try:
-            return await _exchange(self._pool(), method, url, body, limit, headers)
+            sent = self._signed(method, url, body, headers)
+            return await _exchange(self._pool(), method, url, body, limit, sent)
         except _UnansweredError:
             if method in IDEMPOTENT_METHODS:  # aiohttp resends those itself, once
                 raise
-        return await _exchange(self._new_connection(), method, url, body, limit, headers)
+        sent = self._signed(method, url, body, headers)  # fresh: the first may have arrived
+        return await _exchange(self._new_connection(), method, url, body, limit, sent)
+
+    def _signed(
+        self, method: str, url: str, body: bytes | None, headers: Mapping[str, str] | None
+    ) -> Mapping[str, str] | None:
+        if self.signer is None:
+            return headers
+        signed = self.signer.headers(method, urlsplit(url).path or "/", body or b"")
+        return signed if not headers else {**headers, **signed}
 
     async def request(
         self, method: str, url: str, body: bytes | None, *, timeout_s: float,

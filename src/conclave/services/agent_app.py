@@ -60,41 +60,22 @@ from conclave.market.validation import check_fresh, drop_unclosed
 from conclave.observability.tracing import agent_compute, fastapi_options
 from conclave.pipeline.orchestrator import Pipeline
 from conclave.pipeline.wire import WireContext, WireError, decode_context
+from conclave.security.signing import Verifier
 from conclave.services.agent_health import RunStats, install_agent_health
+from conclave.services.agent_openapi import agent_run_schema
 from conclave.services.http_common import (
     ApiError,
-    check_json_type,
     error_of,
     install_http_common,
     json_response,
-    parse_json,
-    read_json,
     send_json,
 )
+from conclave.services.json_body import check_json_type, parse_json, read_json
+from conclave.services.openapi_docs import BODY_ERRORS, AgentAnswer, error_responses, request_body
 from conclave.settings import Settings, check_agent_settings
-from conclave.timeframes import Timeframe, iso_ms
+from conclave.timeframes import BINANCE_INTERVALS, Timeframe, iso_ms
 
 log = structlog.get_logger(__name__)
-_RUN_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["symbol", "timeframe"],
-    "properties": {
-        "accountId": {"type": ["string", "null"]},
-        "symbol": {"type": "string", "pattern": "^[A-Z0-9]{2,20}$"},
-        "timeframe": {"type": "string"},
-        "asOf": {
-            "type": ["integer", "string"],
-            "description": "ms UTC or ISO 8601; inline data is used as of it (later bars and "
-            "headlines left out)",
-        },
-        "candles": {
-            "type": "object",
-            "description": "by timeframe, one array per field; a bad row is 422 naming it",
-        },
-        "news": {"type": ["array", "null"]},
-        "account": {"type": ["object", "null"]},
-    },
-}
 
 
 def wall_clock_ms() -> int:
@@ -222,12 +203,16 @@ class RunRoute:
     FastAPI's per-request layers (request object, dependencies, exception middleware): they
     cost 100-150 us of server CPU per call, nine calls per pipeline run. It sits inside
     `BodyLimitMiddleware`, which refuses a declared length over the limit before this runs
-    and counts a streamed body as it is received here.
+    and counts and times a streamed body as it is received here (413 over the limit, 408
+    when it is late; both close the connection).
     """
 
-    def __init__(self, app: ASGIApp, *, service: _Service) -> None:
+    def __init__(
+        self, app: ASGIApp, *, service: _Service, verifier: Verifier | None = None
+    ) -> None:
         self.app = app
         self.service = service
+        self.verifier = verifier  # signed calls only, when an agent secret is set (E8)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != "/run" or scope["method"] != "POST":
@@ -240,9 +225,12 @@ class RunRoute:
             elif key == b"x-run-id":
                 run_id = value.decode("latin-1")[:64]
         with structlog.contextvars.bound_contextvars(**({"run_id": run_id} if run_id else {})):
-            await self._answer(ctype, receive, send, t0)
+            await self._answer(ctype, receive, send, t0, scope["headers"])
 
-    async def _answer(self, ctype: bytes, receive: Receive, send: Send, t0: float) -> None:
+    async def _answer(
+        self, ctype: bytes, receive: Receive, send: Send, t0: float,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:  # fmt: skip
         agent = self.service.agent.name
         try:
             check_json_type(ctype.decode("latin-1"))
@@ -254,7 +242,12 @@ class RunRoute:
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
                     break
-            data = parse_json(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if self.verifier is not None:
+                verdict = self.verifier.verify_asgi("POST", "/run", body, headers)
+                if not verdict.ok:
+                    raise ApiError(401, "unauthorized", f"call not accepted: {verdict.reason}")
+            data = parse_json(body)
             out = await self.service.run(data)
             raw, status = orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY), 200
         except (ApiError, InvalidRequestError) as exc:
@@ -340,27 +333,38 @@ def create_agent_app(
         lifespan=lifespan,
         **fastapi_options(),  # FastAPI's own telemetry off: TraceMiddleware traces
     )
-    app.add_middleware(RunRoute, service=service)  # added first: inside the body limit
+    secret = settings.agents.secret
+    verifier = (
+        Verifier([secret], max_age_s=settings.agents.signature_max_age_s)
+        if secret is not None
+        else None
+    )
+    app.add_middleware(RunRoute, service=service, verifier=verifier)  # inside the body limit
     install_http_common(
         app,
         max_body_bytes=settings.agents.max_body_bytes,
         service=name,
         metrics=settings.metrics.enabled,
         fixed_routes=("/run",),
+        body_timeout_s=settings.agents.body_timeout_s,
     )
 
     install_agent_health(app, service)  # /health, /health/live, /health/ready, /info
 
+    market = settings.market
+    run_schema = agent_run_schema(market.symbols, market.timeframes, BINANCE_INTERVALS)
+
     @app.post(
         "/run",
         summary="Run the agent on a context (ids only, or data inline)",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": _RUN_SCHEMA}},
-            }
+        openapi_extra=request_body(run_schema),
+        responses={
+            200: {"model": AgentAnswer, "description": "the answer; `meta.status` says "
+                  "whether it is a signal (a failed step is 200 with its reason)"},
+            **error_responses(*BODY_ERRORS, 401, e401="an unsigned, stale or altered call "
+                              "(when the service has CONCLAVE_AGENTS__SECRET)"),
         },
-    )
+    )  # fmt: skip
     async def run(request: Request) -> Response:  # documents the route; RunRoute answers it
         return json_response(await service.run(await read_json(request)))
 

@@ -29,6 +29,14 @@ from conclave.agents import Agent
 from conclave.market.gateway import MarketGateway
 from conclave.pipeline.orchestrator import Pipeline
 from conclave.services.health import EXCHANGE_FAILING, cache_state, gateway_state
+from conclave.services.health_openapi import (
+    AgentHealth,
+    AgentInfo,
+    AgentLive,
+    AgentNotReady,
+    AgentReady,
+    unavailable,
+)
 from conclave.services.http_common import json_response
 from conclave.settings import Settings
 from conclave.timeframes import iso_ms
@@ -163,7 +171,11 @@ def install_agent_health(app: FastAPI, service: AgentService) -> None:
     """Add ``/health``, ``/health/live``, ``/health/ready`` and ``/info`` to ``app``."""
     name = service.agent.name
 
-    @app.get("/health", summary="This agent service and its own data path")
+    @app.get(
+        "/health",
+        summary="This agent service and its own data path",
+        responses={200: {"model": AgentHealth}},
+    )
     async def health() -> Response:
         """``ok`` or ``degraded`` (both 200) with the reasons, dependencies and run counts."""
         t0 = time.perf_counter()
@@ -171,7 +183,7 @@ def install_agent_health(app: FastAPI, service: AgentService) -> None:
         body["checkMs"] = round((time.perf_counter() - t0) * 1000.0, 3)
         return json_response(body)
 
-    @app.get("/health/live", summary="The process answers")
+    @app.get("/health/live", summary="The process answers", responses={200: {"model": AgentLive}})
     async def health_live() -> Response:
         """Always ``{"status": "ok"}`` while the process serves requests."""
         return json_response({"status": "ok", "agent": name})
@@ -179,7 +191,10 @@ def install_agent_health(app: FastAPI, service: AgentService) -> None:
     @app.get(
         "/health/ready",
         summary="It can answer any run: data gateway open, pipeline built",
-        responses={503: {"description": "not started: no data source or pipeline yet"}},
+        responses={
+            200: {"model": AgentReady},
+            503: unavailable(AgentNotReady, "not started: no data source or pipeline yet"),
+        },
     )
     async def health_ready() -> Response:
         """``ready`` with the source, or 503 ``not_ready`` with the reasons."""
@@ -194,6 +209,10 @@ def install_agent_health(app: FastAPI, service: AgentService) -> None:
         return json_response({"status": "ready", "agent": name,
                               "source": service.gateway.source.name})  # fmt: skip
 
-    @app.get("/info", summary="What this agent needs and the parameters in effect")
+    @app.get(
+        "/info",
+        summary="What this agent needs and the parameters in effect",
+        responses={200: {"model": AgentInfo}},
+    )
     async def info() -> Response:
         return json_response(service_info(service.agent, service.settings))

@@ -8,6 +8,9 @@ backtest and API modules), so an agent process stays small: about 84 MB resident
 agent serve`` checks its arguments and then replaces itself with this entry (`exec_lean`).
 The agents are those of `conclave.agents.REGISTRY`, read here, at the edge, and so are the
 ``OTEL_*`` variables (`conclave.observability.tracing`; service ``conclave-agent-<name>``).
+Before it listens it runs the start-up check (`conclave.security.startup`): beyond loopback
+without ``CONCLAVE_AGENTS__SECRET``, or with a weak one, it exits 2 naming the setting; on
+loopback without it, it serves unsigned calls and logs ``agent_unsigned``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def serve(
     import uvicorn
 
     from conclave.services.agent_app import create_agent_app
+    from conclave.services.http_server import server_options
 
     uvicorn.run(
         create_agent_app(name, settings, registry=registry, now_ms=now_ms),
@@ -51,6 +55,7 @@ def serve(
         server_header=False,
         timeout_keep_alive=30,  # above the client's pooled keep-alive (15 s)
         timeout_graceful_shutdown=5,
+        **server_options(settings.agents.body_timeout_s),  # a bounded, timed request head
     )
 
 
@@ -88,8 +93,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from conclave.logging import configure_logging
     from conclave.observability import tracing
+    from conclave.security.startup import check_agent_startup
 
+    host = args.host or settings.agents.host
+    # safe by default (E10): beyond loopback only with CONCLAVE_AGENTS__SECRET, never a weak one
+    verdict = check_agent_startup(host=host, agent_secret=settings.agents.secret)
+    if verdict.level == "refuse":
+        print(f"error: {verdict.message}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_json)
+    if verdict.open:
+        import structlog
+
+        structlog.get_logger(__name__).warning("agent_unsigned", message=verdict.message)
     try:  # OTEL_* read here, at the edge; off unless they ask for an exporter
         traces = tracing.tracing_config(
             os.environ, service_name=tracing.AGENT_SERVICE.format(args.name)
@@ -103,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             settings,
             registry=REGISTRY,
             port=port,
-            host=args.host or settings.agents.host,
+            host=host,
             now_ms=lambda: int(time.time() * 1000),
         )  # the clock is read here, at the edge
     return 0

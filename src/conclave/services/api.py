@@ -8,7 +8,9 @@ Endpoints (ARCHITECTURE.md, "Orchestrator"):
   before any I/O (E4). An ``Idempotency-Key`` header makes retries safe (G1-G3): the same
   key and body answer the stored run (200, ``Idempotent-Replayed: true``) without running
   again; the same key with another body is 422; the same key while its run is still going
-  is 409.
+  is 409. An ``accountId`` must name a paper account (404). With only ``accountId`` (the
+  seed's request) each of the account's markets runs: 201 ``{"accountId", "runs"}``
+  (`conclave.services.account_runs`).
 - ``GET /pipeline/runs?accountId&symbol&status&limit&offset``: one page, newest first,
   ``{"items", "total", "limit", "offset"}``.
 - ``GET /pipeline/runs/{id}``: one run, or 404.
@@ -26,19 +28,13 @@ unreachable 503 with ``Retry-After``, never a traceback, hostname or SQL (E11).
 
 from __future__ import annotations
 
-import hashlib
-import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
-import orjson
 import structlog
 from fastapi import FastAPI, Header, Path, Query, Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_core import PydanticCustomError
 from starlette.responses import Response
 
 from conclave.agents import REGISTRY
@@ -47,14 +43,36 @@ from conclave.errors import StoreRejectedError, StoreUnavailableError
 from conclave.market.sources import CandleSource
 from conclave.observability.tracing import fastapi_options
 from conclave.pipeline.wire import ACCOUNT_ID_PATTERN
+from conclave.services import account_runs
 from conclave.services.accounts_api import router as accounts_router
+from conclave.services.edge_auth import agent_urls, install_edge
 from conclave.services.health import install_health
 from conclave.services.http_common import (
     ApiError,
     error_response,
     install_http_common,
     json_response,
-    read_json,
+)
+from conclave.services.json_body import read_json
+from conclave.services.openapi_docs import (
+    BODY_ERRORS,
+    KEY_ERRORS,
+    AgentState,
+    Run,
+    RunPage,
+    error_responses,
+    link,
+    path_ref,
+    request_body,
+    run_answers,
+    run_request_forms,
+)
+from conclave.services.run_request import (
+    IDEMPOTENCY_KEY_PATTERN,
+    check_idempotency_key,
+    request_hash,
+    run_request_model,
+    validate_run_request,
 )
 from conclave.services.runtime import RunStoreLike, Runtime
 from conclave.services.scheduler_api import install_scheduler_api
@@ -62,77 +80,9 @@ from conclave.settings import SYMBOL_PATTERN, Settings, check_agent_settings
 
 log = structlog.get_logger(__name__)
 
-IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 RUN_ID_PATTERN = r"^[0-9a-f]{32}$"
 #: Seconds a client should wait before retrying after a 503.
 RETRY_AFTER_S = 5
-
-
-class ErrorDetail(BaseModel):
-    """What went wrong; ``field`` names the input at fault."""
-
-    code: str
-    message: str
-    field: str | None = None
-
-
-class ErrorBody(BaseModel):
-    """The body of every error answer."""
-
-    error: ErrorDetail
-
-
-def run_request_model(settings: Settings) -> type[BaseModel]:
-    """The ``POST /pipeline/run`` body model, with this deployment's allowlists."""
-    symbols, timeframes = settings.market.symbols, settings.market.timeframes
-    allowed_s, allowed_t = ", ".join(symbols), ", ".join(timeframes)
-
-    class RunRequest(BaseModel):
-        """One pipeline run: which account (optional), symbol and timeframe, and the mode."""
-
-        model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-        account_id: str | None = Field(
-            None, alias="accountId", pattern=ACCOUNT_ID_PATTERN.pattern, max_length=64
-        )
-        symbol: str = Field(
-            alias="symbol",
-            max_length=20,
-            pattern=SYMBOL_PATTERN.pattern,
-            json_schema_extra={"enum": list(symbols)},
-        )
-        timeframe: str = Field(
-            alias="timeframe", max_length=8, json_schema_extra={"enum": list(timeframes)}
-        )
-        use_http_agents: bool | None = Field(None, alias="useHttpAgents")
-
-        @field_validator("symbol")
-        @classmethod
-        def _allowed_symbol(cls, value: str) -> str:
-            if value not in symbols:
-                raise PydanticCustomError(
-                    "not_allowed", "not in the symbol allowlist: {allowed}", {"allowed": allowed_s}
-                )
-            return value
-
-        @field_validator("timeframe")
-        @classmethod
-        def _allowed_timeframe(cls, value: str) -> str:
-            if value not in timeframes:  # case-sensitive: 1m is a minute, 1M a month
-                raise PydanticCustomError(
-                    "not_allowed",
-                    "not in the timeframe allowlist: {allowed}",
-                    {"allowed": allowed_t},
-                )
-            return value
-
-    return RunRequest
-
-
-def request_hash(body: BaseModel) -> str:
-    """SHA-256 of the request's canonical JSON (validated fields, sorted keys)."""
-    canonical = orjson.dumps(body.model_dump(by_alias=True), option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(canonical).hexdigest()
 
 
 def _unavailable(message: str) -> ApiError:
@@ -176,16 +126,7 @@ def _runtime(request: Request) -> Runtime:
     return runtime
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in (
-        (400, "malformed JSON"),
-        (413, "body too large"),
-        (415, "not JSON"),
-        (422, "invalid field"),
-        (503, "database unavailable"),
-    )
-}
+_ERRORS = error_responses(422, *KEY_ERRORS, 503)
 
 
 def create_app(
@@ -213,14 +154,16 @@ def create_app(
             settings, now_ms=clock, registry=registry, source=source, store=store
         )
         app.state.runtime = runtime
-        log.info(
-            "orchestrator_started",
-            mode=runtime.deployment_mode(),
-            source=runtime.gateway.source.name,
-        )
         try:
+            await edge.start(runtime.store)  # refuses an unsafe start (E10)
+            log.info(
+                "orchestrator_started",
+                mode=runtime.deployment_mode(),
+                source=runtime.gateway.source.name,
+            )
             yield
         finally:
+            await edge.aclose()
             await runtime.aclose()
 
     app = FastAPI(
@@ -230,11 +173,14 @@ def create_app(
         lifespan=lifespan,
         **fastapi_options(),  # FastAPI's own telemetry off: TraceMiddleware traces
     )
+    # API keys, rate limits, CORS (issue 12): inside the common layers, so they count 401s
+    edge = install_edge(app, settings, agent_urls=agent_urls(settings, registry), now_ms=clock)
     install_http_common(
         app,
         max_body_bytes=settings.api.max_body_bytes,
         service="orchestrator",
         metrics=settings.metrics.enabled,
+        body_timeout_s=settings.api.body_timeout_s,
     )
     for exc_type in store_errors():
         app.add_exception_handler(exc_type, _on_store_error)
@@ -242,46 +188,58 @@ def create_app(
     app.include_router(accounts_router)
     scheduler_health = install_scheduler_api(app, settings, clock)
 
-    schema = run_request.model_json_schema(by_alias=True)
+    schema = run_request_forms(run_request.model_json_schema(by_alias=True))
+    runs = account_runs.AccountRuns.model_json_schema(by_alias=True)
+    to_run = {"GetRun": link(path_ref("/pipeline/runs/{run_id}", "get"),
+                             run_id="$response.body#/runId")}  # fmt: skip
 
     @app.post(
         "/pipeline/run",
         status_code=201,
-        summary="Run the pipeline once and record it",
+        summary="Run the pipeline once (or once per market of an account) and record it",
         responses={
-            200: {"description": "an idempotent replay of the stored run"},
-            409: {"model": ErrorBody, "description": "same key still running"},
-            **_ERRORS,
+            200: run_answers(runs, "an idempotent replay of the stored answer"),
+            201: run_answers(runs, "the run, or the account's runs") | {"links": to_run},
+            **error_responses(
+                404,
+                409,
+                e404="accountId names no account",
+                e409="same Idempotency-Key still running, or not recordable",
+            ),
+            **error_responses(*BODY_ERRORS, *KEY_ERRORS, 503),
         },
-        openapi_extra={
-            "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}
-        },
+        openapi_extra=request_body(schema),
     )
     async def run_pipeline(
         request: Request,
         idempotency_key: Annotated[
             str | None,
-            Header(alias="Idempotency-Key", description="Makes retries of this request safe."),
+            Header(
+                alias="Idempotency-Key",
+                description="Makes retries of this request safe.",
+                pattern=IDEMPOTENCY_KEY_PATTERN.pattern,
+            ),
         ] = None,
     ) -> Response:
-        """Run the agents for one symbol and timeframe as of now; store and return it."""
-        if idempotency_key is not None and not IDEMPOTENCY_KEY_PATTERN.match(idempotency_key):
-            raise ApiError(
-                422,
-                "invalid_request",
-                "expected 1 to 255 visible ASCII characters",
-                field="Idempotency-Key",
-            )
-        data = await read_json(request)
-        try:
-            body = run_request.model_validate(data)
-        except ValidationError as exc:
-            raise RequestValidationError(
-                [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_input=False)]
-            ) from None
-        return await _execute(_runtime(request), body, idempotency_key)
+        """Run the agents for one symbol and timeframe as of now; store and return it. With
+        only ``accountId``: a run of each of the account's markets (`account_runs`)."""
+        check_idempotency_key(idempotency_key)
+        body: Any = validate_run_request(run_request, await read_json(request))
+        runtime = _runtime(request)
+        if account_runs.account_form(body.account_id, body.symbol, body.timeframe):
+            digest = request_hash(body) if idempotency_key is not None else None
+            return await account_runs.run_account(
+                runtime, body.account_id, use_http=body.use_http_agents, key=idempotency_key,
+                digest=digest, retry_after_s=RETRY_AFTER_S,
+            )  # fmt: skip
+        await account_runs.check_account(runtime, body.account_id)
+        return await _execute(runtime, body, idempotency_key)
 
-    @app.get("/pipeline/runs", summary="List recorded runs, newest first", responses=_ERRORS)
+    @app.get(
+        "/pipeline/runs",
+        summary="List recorded runs, newest first",
+        responses={200: {"model": RunPage}, **_ERRORS},
+    )
     async def list_runs(
         request: Request,
         account_id: Annotated[
@@ -304,7 +262,7 @@ def create_app(
     @app.get(
         "/pipeline/runs/{run_id}",
         summary="One recorded run",
-        responses={404: {"model": ErrorBody, "description": "no such run"}, **_ERRORS},
+        responses={200: {"model": Run}, **error_responses(404, e404="no such run"), **_ERRORS},
     )
     async def get_run(
         request: Request,
@@ -316,7 +274,11 @@ def create_app(
             raise ApiError(404, "not_found", "no run with this id", field="run_id")
         return json_response(found)
 
-    @app.get("/agents", summary="Each agent's mode, URL, health and latency")
+    @app.get(
+        "/agents",
+        summary="Each agent's mode, URL, health and latency",
+        responses={200: {"model": list[AgentState]}, **_ERRORS},
+    )
     async def agents(
         request: Request,
         use_http_agents: Annotated[

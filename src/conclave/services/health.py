@@ -32,7 +32,16 @@ from conclave.market.candles import Candles
 from conclave.market.gateway import FetchLog, MarketGateway
 from conclave.market.ratelimit import WeightLimiter
 from conclave.pipeline.breaker import CircuitBreaker
+from conclave.services.health_openapi import (
+    REPORT_OR_ERROR,
+    HealthReport,
+    Live,
+    NotReady,
+    Ready,
+    unavailable,
+)
 from conclave.services.http_common import json_response
+from conclave.services.openapi_docs import KEY_ERRORS, error_responses
 from conclave.timeframes import iso_ms
 
 if TYPE_CHECKING:
@@ -262,7 +271,7 @@ def install_health(app: FastAPI, hook: HealthHook, *, retry_after_s: int) -> Non
 
     retry = {"Retry-After": str(retry_after_s)}
 
-    @app.get("/health/live", summary="The process answers")
+    @app.get("/health/live", summary="The process answers", responses={200: {"model": Live}})
     async def live() -> Response:
         """Always ``{"status": "ok"}`` while the process serves requests."""
         return json_response({"status": "ok"})
@@ -270,8 +279,12 @@ def install_health(app: FastAPI, hook: HealthHook, *, retry_after_s: int) -> Non
     @app.get(
         "/health/ready",
         summary="The orchestrator can serve runs",
-        responses={503: {"description": "the database or the risk agent is unavailable"}},
-    )
+        responses={
+            200: {"model": Ready},
+            503: unavailable(NotReady, "the database or the risk agent is unavailable",
+                             retry_after=True),
+        },
+    )  # fmt: skip
     async def ready(request: Request) -> Response:
         """``ready``, or 503 ``not_ready`` with the reasons."""
         body = await readiness(runtime_of(request))
@@ -281,8 +294,13 @@ def install_health(app: FastAPI, hook: HealthHook, *, retry_after_s: int) -> Non
     @app.get(
         "/health",
         summary="The orchestrator and its dependencies",
-        responses={503: {"description": "the database is unavailable"}},
-    )
+        responses={
+            200: {"model": HealthReport},
+            503: unavailable(REPORT_OR_ERROR, "the database is unavailable (the report), or "
+                             "the API keys cannot be checked now", retry_after=True),
+            **error_responses(*KEY_ERRORS),
+        },
+    )  # fmt: skip
     async def health(request: Request) -> Response:
         """``ok``, ``degraded`` or ``critical``, naming which dependency is not ok."""
         runtime = runtime_of(request)

@@ -146,6 +146,15 @@ def serve_command(name: str, port: int, host: str) -> list[str]:
             "--port", str(port), "--host", host]  # fmt: skip
 
 
+def child_env(settings: Settings) -> dict[str, str] | None:
+    """The environment of an agent process: this one's, plus the agent secret in effect
+    here (it may come from another env file than the child would read), never in argv."""
+    secret = settings.agents.secret
+    if secret is None:
+        return None  # inherit as is
+    return {**os.environ, "CONCLAVE_AGENTS__SECRET": secret.get_secret_value()}
+
+
 def spawn(settings: Settings, name: str, registry: Registry) -> Proc:
     """Start agent ``name``'s service in its own session, output appended to its log."""
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -154,6 +163,7 @@ def spawn(settings: Settings, name: str, registry: Registry) -> Proc:
     with log_path.open("ab") as log:
         child = subprocess.Popen(
             serve_command(name, port, settings.agents.host),
+            env=child_env(settings),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

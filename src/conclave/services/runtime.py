@@ -228,7 +228,10 @@ class Runtime:
         except BaseException:
             await gateway.aclose()  # closes the cache too
             raise
-        client = AgentHttpClient()
+        from conclave.security.signing import Signer
+
+        secret = settings.agents.secret  # signs every agent call when set (issue 12, E8)
+        client = AgentHttpClient(signer=Signer(secret) if secret is not None else None)
         timeout_s = settings.agents.timeout_s
 
         def http_runner(name: str, url: str) -> AgentRunner:

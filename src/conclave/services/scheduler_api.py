@@ -29,7 +29,18 @@ from conclave.scheduler.claims import JobTable, SlotClaims
 from conclave.scheduler.jobs import Job
 from conclave.scheduler.watchdog import Watchdog, WatchedJob
 from conclave.services.execute import claims_of, settings_jobs
-from conclave.services.http_common import ApiError, json_response, read_json
+from conclave.services.http_common import ApiError, json_response
+from conclave.services.json_body import read_json
+from conclave.services.openapi_docs import (
+    BODY_ERRORS,
+    KEY_ERRORS,
+    JobList,
+    ScheduledJob,
+    error_responses,
+    link,
+    path_ref,
+    request_body,
+)
 from conclave.services.runtime import Runtime
 from conclave.settings import SYMBOL_PATTERN, Settings
 from conclave.timeframes import iso_ms
@@ -53,8 +64,10 @@ def job_request_model(settings: Settings) -> type[BaseModel]:
         account_id: str | None = Field(
             None, alias="accountId", pattern=ACCOUNT_ID_PATTERN.pattern, max_length=64
         )
-        symbol: str = Field(max_length=20, pattern=SYMBOL_PATTERN.pattern)
-        timeframe: str = Field(max_length=8)
+        symbol: str = Field(
+            max_length=20, pattern=SYMBOL_PATTERN.pattern, json_schema_extra={"enum": [*symbols]}
+        )
+        timeframe: str = Field(max_length=8, json_schema_extra={"enum": [*timeframes]})
 
         @field_validator("symbol")
         @classmethod
@@ -118,7 +131,20 @@ def install_scheduler_api(
         return Watchdog(claims, now_ms=now_ms, intervals=cfg.watchdog_intervals,
                         offset_ms=round(cfg.offset_s * 1000), started_ms=started_ms)  # fmt: skip
 
-    @router.post("/jobs", status_code=201, summary="Schedule a job at each candle close")
+    links = {"RemoveJob": link(path_ref("/scheduler/jobs/{job_id}", "delete"),
+                               job_id="$response.body#/id")}  # fmt: skip
+
+    @router.post(
+        "/jobs",
+        status_code=201,
+        summary="Schedule a job at each candle close",
+        openapi_extra=request_body(body_model),
+        responses={
+            201: {"model": ScheduledJob, "links": links},
+            **error_responses(409, e409="a job with this id exists already"),
+            **error_responses(*BODY_ERRORS, *KEY_ERRORS, 503),
+        },
+    )
     async def add_job(request: Request) -> Response:
         """Store the job; it runs in ``conclave scheduler`` from its next slot."""
         data = await read_json(request)
@@ -136,7 +162,11 @@ def install_scheduler_api(
         log.info("scheduler_job_added", job=job.id)
         return json_response(_job_wire(job, "api", created), 201)
 
-    @router.get("/jobs", summary="Every scheduled job and whether it makes progress")
+    @router.get(
+        "/jobs",
+        summary="Every scheduled job and whether it makes progress",
+        responses={200: {"model": JobList}, **error_responses(*KEY_ERRORS, 503)},
+    )
     async def list_jobs(request: Request) -> Response:
         """Jobs from settings and the API, each with the watchdog's status."""
         claims, table = _tables(runtime_of(request))
@@ -148,7 +178,20 @@ def install_scheduler_api(
         ]
         return json_response({"items": items, "status": report["status"]})
 
-    @router.delete("/jobs/{job_id}", status_code=204, summary="Stop scheduling a job")
+    @router.delete(
+        "/jobs/{job_id}",
+        status_code=204,
+        summary="Stop scheduling a job",
+        responses=error_responses(
+            404,
+            409,
+            422,
+            *KEY_ERRORS,
+            503,
+            e404="no job with this id",
+            e409="the job comes from settings: remove it there",
+        ),
+    )
     async def remove_job(
         request: Request, job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN)]
     ) -> Response:
