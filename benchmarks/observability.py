@@ -15,7 +15,10 @@ Configurations: ``off`` (``CONCLAVE_METRICS__ENABLED=false``, no ``OTEL_*``), ``
 ``parentbased_always_on``, to a sink on loopback that answers every export with 200, run in
 its own process). Each measurement makes ``--warmup`` runs, then times ``--runs`` runs one
 at a time. The table shows the median p50 / p90 over the rounds and the ratio to ``off``;
-the targets are metrics <= 1.05x and metrics+traces <= 1.15x of ``off`` at p50.
+the targets are metrics <= 1.05x and metrics+traces <= 1.15x of ``off`` at p50. Beside
+latency, the CPU time per run of the orchestrator and the nine services together (read 6 s
+after the last run, so the batch processors' exports, every 5 s by default, are counted): a
+figure a loaded machine distorts less.
 
     .venv/bin/python benchmarks/observability.py [--rounds 3] [--runs 200]
 """
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 from rich.console import Console
 from rich.table import Table
 
@@ -129,17 +133,18 @@ async def measure(mode: str, config: str, runs: int, warmup: int, data_dir: str)
     configure_logging("WARNING")
     configure_tracing(tracing_config(os.environ, service_name=ORCHESTRATOR_SERVICE))
     ports = {name: free_port() for name in REGISTRY}
-    overrides: dict[str, Any] = {"data_dir": Path(data_dir), "log_level": "WARNING"}
+    # this script is an edge: the settings come from its environment, like the CLI's
+    os.environ |= {"CONCLAVE_DATA_DIR": data_dir, "CONCLAVE_LOG_LEVEL": "WARNING"}
     if mode == "HTTP":
-        overrides["use_http_agents"] = True
-        overrides["agents"] = {"ports": ports}
-    settings = load_settings(None).model_copy(update=overrides)
+        os.environ |= {"USE_HTTP_AGENTS": "true", "CONCLAVE_AGENTS__PORTS": json.dumps(ports)}
+    settings = load_settings(None)
     serve = [sys.executable, "-m", "conclave", "agent", "serve"]
     cmds = [
         [*serve, name, "--port", str(port), "--host", "127.0.0.1"] for name, port in ports.items()
     ]
     env = dict(os.environ) | {"CONCLAVE_LOG_LEVEL": "WARNING"}
-    with processes(cmds if mode == "HTTP" else [], env):
+    with processes(cmds if mode == "HTTP" else [], env) as procs:
+        agents = [psutil.Process(p.pid) for p in procs]
         if mode == "HTTP":
             wait_up([f"http://127.0.0.1:{p}" for p in ports.values()])
         app = create_app(settings)
@@ -156,8 +161,21 @@ async def measure(mode: str, config: str, runs: int, warmup: int, data_dir: str)
                         raise SystemExit(f"{mode}/{config}: {resp.status_code} {resp.text[:300]}")
                     if i >= warmup:
                         lat.append(took)
-    shutdown_tracing()
-    return {"p50": float(np.percentile(lat, 50)), "p90": float(np.percentile(lat, 90))}
+                    if i + 1 == warmup:
+                        cpu0, agents0 = time.process_time(), cpu_s(agents)
+        shutdown_tracing()  # what is still queued is exported now, and counted
+        await asyncio.sleep(6.0)  # the agents' batch processors export every 5 s (default)
+        cpu1, agents1 = time.process_time(), cpu_s(agents)
+    return {
+        "p50": float(np.percentile(lat, 50)),
+        "p90": float(np.percentile(lat, 90)),
+        "cpu": (cpu1 - cpu0) * 1000.0 / runs,
+        "agents_cpu": (agents1 - agents0) * 1000.0 / runs,
+    }
+
+
+def cpu_s(procs: list[psutil.Process]) -> float:
+    return sum(sum(p.cpu_times()[:2]) for p in procs)
 
 
 def child(args: argparse.Namespace) -> None:
@@ -204,20 +222,23 @@ def main() -> None:
                     )
     table = Table(title=f"one run through POST /pipeline/run, ms ({args.runs} runs, "
                   f"median of {args.rounds} rounds; min-max)")  # fmt: skip
-    for col in ("mode", "configuration", "p50", "p90", "p50 / off", "target"):
+    cols = ("mode", "configuration", "p50", "p90", "p50 / off", "target", "CPU ms/run", "CPU / off")
+    for col in cols:
         table.add_column(col, justify="left" if col in ("mode", "configuration") else "right")
     for mode in MODES:
         base = statistics.median(x["p50"] for x in results[(mode, "off")])
+        base_cpu = statistics.median(x["cpu"] + x["agents_cpu"] for x in results[(mode, "off")])
         for config in CONFIGS:
             rows = results[(mode, config)]
             p50s, p90s = [x["p50"] for x in rows], [x["p90"] for x in rows]
             p50 = statistics.median(p50s)
+            cpu = statistics.median(x["cpu"] + x["agents_cpu"] for x in rows)
             target = {"off": "", "metrics": "<= 1.05", "metrics+traces": "<= 1.15"}[config]
             table.add_row(
                 mode, config,
                 f"{p50:.2f} ({min(p50s):.2f}-{max(p50s):.2f})",
                 f"{statistics.median(p90s):.2f}",
-                f"{p50 / base:.3f}", target,
+                f"{p50 / base:.3f}", target, f"{cpu:.2f}", f"{cpu / base_cpu:.3f}",
             )  # fmt: skip
     console.print(table)
     console.print(f"{os.cpu_count()} cores; each measurement in its own process, "
