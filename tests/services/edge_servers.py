@@ -14,8 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx2
-
+from tests.security.procs import wait_live
 from tests.services.helpers import free_port
 
 #: The body timeout the served processes get (CONCLAVE_API__ / AGENTS__BODY_TIMEOUT_S).
@@ -50,26 +49,13 @@ def server_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env | extra
 
 
-def _wait_live(served: Served, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    with httpx2.Client(timeout=1.0, trust_env=False) as client:
-        while time.monotonic() < deadline:
-            if served.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {served.proc.returncode}")
-            with contextlib.suppress(httpx2.HTTPError):
-                if client.get(f"{served.url}/health/live").status_code == 200:
-                    return
-            time.sleep(0.1)
-    raise TimeoutError(f"{served.url} not live within {timeout_s} s")
-
-
 @contextlib.contextmanager
 def _serve(cmd: list[str], port: int, cwd: Path, env: dict[str, str]) -> Iterator[Served]:
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     served = Served(proc, port)
     try:
-        _wait_live(served)
+        wait_live(served.url, served.proc, timeout_s=60.0)
         yield served
     finally:
         stop(proc)

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import psutil
 import pytest
 
 from conclave.agents import REGISTRY
+from tests.security.procs import started
 
 RUN = {"symbol": "BTCUSDT", "timeframe": "1h"}
 #: Environment passed through to the children; everything else is set explicitly.
@@ -103,25 +103,6 @@ def all_agents_ok(client: httpx2.Client, url: str) -> bool:
     return False
 
 
-@contextlib.contextmanager
-def orchestrator(
-    cmd: list[str], env: dict[str, str], cwd: Path, log: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``cmd``; on exit SIGTERM it (graceful), SIGKILL if it does not stop in 10 s."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-
-
 @pytest.mark.timeout(60)
 def test_microservices_end_to_end_degrades_when_an_agent_dies(tmp_path: Path) -> None:
     """Nine agent processes plus the orchestrator: a run is recorded and read back; after
@@ -134,16 +115,16 @@ def test_microservices_end_to_end_degrades_when_an_agent_dies(tmp_path: Path) ->
     pids: dict[str, int] = {}
     orchestrator_pid = None
     try:
-        started = subprocess.run(
+        launched = subprocess.run(
             conclave("agents", "start"), env=env, cwd=tmp_path, capture_output=True, timeout=50
         )
         pids = recorded_pids(tmp_path)
-        assert started.returncode == 0, started.stderr.decode()[-2000:]
+        assert launched.returncode == 0, launched.stderr.decode()[-2000:]
         assert set(pids) == set(REGISTRY)
 
         serve = conclave("serve", "--host", "127.0.0.1", "--port", str(api_port))
         with (
-            orchestrator(serve, env, tmp_path, tmp_path / "orchestrator.log") as proc,
+            started(serve, env, tmp_path, tmp_path / "orchestrator.log") as proc,
             httpx2.Client(timeout=15, trust_env=False) as client,
         ):
             orchestrator_pid = proc.pid
@@ -229,7 +210,7 @@ def test_up_starts_everything_and_ctrl_c_stops_exactly_that(tmp_path: Path) -> N
     try:
         cmd = conclave("up", "--host", "127.0.0.1", "--port", str(api_port))
         with (
-            orchestrator(cmd, env, tmp_path, tmp_path / "up.log") as proc,
+            started(cmd, env, tmp_path, tmp_path / "up.log") as proc,
             httpx2.Client(timeout=15, trust_env=False) as client,
         ):
             up_pid = proc.pid
