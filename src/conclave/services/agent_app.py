@@ -176,6 +176,16 @@ class _Service:
         return context.input_for(self.agent)
 
     async def run(self, data: Any) -> Any:
+        """The wire answer to one ``/run`` body, inside the ``agent.compute`` span: a child
+        of the caller's ``agent.call`` span through ``traceparent`` (no server span of its
+        own), with the step's status as ``conclave.status``."""
+        with agent_compute(self.agent.name) as span:
+            answer = await self._run(data)
+            if span.is_recording():
+                span.set_attribute("conclave.status", answer["meta"]["status"])
+            return answer
+
+    async def _run(self, data: Any) -> Any:
         t0 = time.perf_counter()
         ctx = decode_context(data)
         if ctx.agent_input is None:
@@ -188,8 +198,7 @@ class _Service:
         agent_input = resolved
         now_iso = iso_ms(self.now_ms())
         try:
-            with agent_compute(self.agent.name):  # a child of the request's server span
-                return self.agent.run(agent_input, now_iso=now_iso).to_wire()
+            return self.agent.run(agent_input, now_iso=now_iso).to_wire()
         except AgentError as exc:
             took = (time.perf_counter() - t0) * 1000.0
             return _failed(self.agent, "error", f"{exc.reason}: {exc}", now_iso, took)
@@ -347,6 +356,7 @@ def create_agent_app(
         metrics=settings.metrics.enabled,
         fixed_routes=("/run",),
         body_timeout_s=settings.agents.body_timeout_s,
+        bare_routes=("/run",),  # its agent.compute span is the caller's child
     )
 
     install_agent_health(app, service)  # /health, /health/live, /health/ready, /info

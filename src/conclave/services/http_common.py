@@ -317,11 +317,13 @@ def install_http_common(
     metrics: bool = True,
     fixed_routes: tuple[str, ...] = (),
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    bare_routes: tuple[str, ...] = (),
 ) -> None:
     """Add the edge guard (`BodyLimitMiddleware`: ``max_body_bytes``, ``body_timeout_s``,
     headers) and the JSON error handlers of this module to ``app``, and (with ``metrics``)
     ``GET /metrics`` and the request metrics of ``service`` (its name in the ``service``
-    label); ``fixed_routes`` are paths answered in front of the router."""
+    label); ``fixed_routes`` are paths answered in front of the router; ``bare_routes``
+    open their own span as the caller's child, with no server span (`TraceMiddleware`)."""
     app.add_middleware(
         BodyLimitMiddleware, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s
     )
@@ -339,7 +341,9 @@ def install_http_common(
             return Response(render(), media_type=CONTENT_TYPE)
 
     # outermost of all: the request's server span (a no-op while tracing is off)
-    app.add_middleware(TraceMiddleware, service=service, fixed_routes=fixed_routes)
+    app.add_middleware(
+        TraceMiddleware, service=service, fixed_routes=fixed_routes, bare_routes=bare_routes
+    )
     app.add_exception_handler(HTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(InvalidRequestError, _on_invalid_request)
