@@ -110,7 +110,12 @@ async def measure_modes(
     urls: dict[str, str], services: list[psutil.Process], args: argparse.Namespace
 ) -> dict[str, Any]:
     from conclave.pipeline import Pipeline
-    from conclave.pipeline.http_runner import AgentHttpClient, HttpRunner
+    from conclave.pipeline.http_runner import HttpRunner
+
+    try:
+        from conclave.pipeline.agent_client import AgentHttpClient
+    except ImportError:  # a tree from before the client had its own module
+        from conclave.pipeline.http_runner import AgentHttpClient  # type: ignore[attr-defined,no-redef]
 
     out: dict[str, Any] = {}
     for mode in ("HTTP", "in process"):

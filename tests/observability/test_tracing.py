@@ -19,7 +19,8 @@ from conclave.logging import configure_logging
 from conclave.observability import tracing
 from conclave.observability.tracing import TraceMiddleware, tracing_config
 from conclave.pipeline import Pipeline
-from conclave.pipeline.http_runner import AgentHttpClient, HttpRunner
+from conclave.pipeline.agent_client import AgentHttpClient
+from conclave.pipeline.http_runner import HttpRunner
 from conclave.scheduler import Job
 from conclave.services.execute import build_scheduler
 from conclave.services.runtime import Runtime

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import aiohttp.http_parser
 import pytest
 
-from conclave.pipeline.http_runner import AgentCallError, AgentHttpClient
+from conclave.pipeline.agent_client import AgentCallError, AgentHttpClient
 
 JSON = b'{"ok":true}'
 

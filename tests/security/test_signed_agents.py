@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from conclave.agents import REGISTRY
 from conclave.pipeline import Pipeline
-from conclave.pipeline.http_runner import AgentHttpClient
+from conclave.pipeline.agent_client import AgentHttpClient
 from conclave.pipeline.wire import encode_input
 from conclave.security.signing import Signer, Verifier
 from conclave.services import procs

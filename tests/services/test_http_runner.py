@@ -14,8 +14,9 @@ from starlette.types import Receive, Scope, Send
 
 from conclave.agents import REGISTRY, AgentInput
 from conclave.pipeline import LocalRunner, Pipeline, StepResult
+from conclave.pipeline.agent_client import AgentHttpClient
 from conclave.pipeline.breaker import CircuitBreaker
-from conclave.pipeline.http_runner import AgentHttpClient, HttpRunner
+from conclave.pipeline.http_runner import HttpRunner
 from tests.services.helpers import (
     NOW_ISO,
     agent_process,

@@ -15,8 +15,9 @@ import structlog
 
 from conclave.logging import configure_logging
 from conclave.pipeline import Pipeline
+from conclave.pipeline.agent_client import AgentHttpClient
 from conclave.pipeline.breaker import CircuitBreaker
-from conclave.pipeline.http_runner import AgentHttpClient, HttpRunner
+from conclave.pipeline.http_runner import HttpRunner
 from conclave.services.procs import start_agents, stop_recorded
 from conclave.settings import AgentServiceSettings, BreakerSettings, Settings
 from tests.services.helpers import NOW_ISO, SIM_NOW, free_port, sim_gateway

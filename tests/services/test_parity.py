@@ -15,8 +15,9 @@ import pytest
 from conclave.agents import REGISTRY, AccountRisk, AccountState
 from conclave.news.sources import FileNewsSource
 from conclave.pipeline import LocalRunner, Pipeline, PipelineContext
+from conclave.pipeline.agent_client import AgentHttpClient
 from conclave.pipeline.context import InputPlan
-from conclave.pipeline.http_runner import AgentHttpClient, HttpRunner
+from conclave.pipeline.http_runner import HttpRunner
 from conclave.services.procs import is_alive, read_pidfile, start_agents, stop_recorded
 from conclave.settings import AgentServiceSettings, Settings
 from tests.services.helpers import FILE_AS_OF, NOW_ISO, context_at, file_gateway, free_port

@@ -218,7 +218,8 @@ class Runtime:
     ) -> Runtime:
         """Open the store, the gateway and the shared agent client from ``settings``, for
         the agents of ``registry``."""
-        from conclave.pipeline.http_runner import AgentHttpClient, HttpRunner
+        from conclave.pipeline.agent_client import AgentHttpClient
+        from conclave.pipeline.http_runner import HttpRunner
 
         check_agent_settings(settings, registry)  # before anything is opened
 
