@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
+
+import numpy as np
 
 from conclave.agents import AccountState, Agent, AgentInput, AgentResult
 from conclave.agents.plain import wire_answer
@@ -104,15 +106,52 @@ class PipelineContext:
             got = self.candles.get(tf)
             if got is not None:
                 higher[tf] = got.tail(plan.higher_bars[i]) if plan.higher_bars else got
+        candles = self.base.tail(plan.lookback)
+        account = None
+        if plan.account:
+            first_close = int(candles.close_time[0]) if len(candles) else self.as_of_ms
+            account = account_window(self.account, first_close)
         return AgentInput(
             symbol=self.symbol,
             timeframe=self.timeframe,
             as_of_ms=self.as_of_ms,
-            candles=self.base.tail(plan.lookback),
+            candles=candles,
             higher=higher,
             news=self.news if plan.news else None,
-            account=self.account if plan.account else None,
+            account=account,
         )
+
+
+_DAY_MS = 86_400_000
+
+
+def account_window(account: AccountState, first_close_ms: int) -> AccountState:
+    """``account`` with only the equity points that can change what the risk manager
+    says about bars closing at ``first_close_ms`` or later, so a run's context stays
+    bounded while the recorded curve grows (one point a bar: a 1m account passed the
+    agent services' 1 MiB body limit in about three weeks).
+
+    The risk manager reads, for each bar, the last point at or before its close, the
+    running peak up to it, the last point at or before 00:00 UTC of that point's day,
+    and the first point (its fallback when none precedes the day). Kept: every point from
+    the last one at or before the day start of the first bar's point, the first point,
+    and the highest point before them (it carries the peak); the values it computes are
+    the same to the bit (``tests/pipeline/test_account_window.py``).
+    """
+    times, equity = account.equity_time_ms, account.equity
+    n = int(times.shape[0])
+    if n < 3:
+        return account
+    first = int(np.searchsorted(times, first_close_ms, side="right")) - 1
+    if first <= 0:
+        return account
+    day_start = (int(times[first]) // _DAY_MS) * _DAY_MS
+    keep_from = int(np.searchsorted(times, day_start, side="right")) - 1
+    if keep_from <= 2:
+        return account
+    top = int(np.argmax(equity[1:keep_from])) + 1  # the first of the highest, after point 0
+    index = np.concatenate(([0, top], np.arange(keep_from, n)))
+    return replace(account, equity_time_ms=times[index], equity=equity[index])
 
 
 @dataclass(frozen=True, slots=True)
