@@ -214,15 +214,17 @@ def main() -> None:
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     with processes([[sys.executable, "-c", SINK, str(sink_port)]], dict(os.environ)):
         for r in range(args.rounds):
+            order = CONFIGS[r % 3 :] + CONFIGS[: r % 3]  # ABC, BCA, CAB: no config always first
             for mode in MODES:
-                for config in CONFIGS:
+                for config in order:
                     console.print(f"round {r + 1}/{args.rounds}: {mode}, {config}")
                     results.setdefault((mode, config), []).append(
                         run_one(mode, config, args, sink_port)
                     )
     table = Table(title=f"one run through POST /pipeline/run, ms ({args.runs} runs, "
                   f"median of {args.rounds} rounds; min-max)")  # fmt: skip
-    cols = ("mode", "configuration", "p50", "p90", "p50 / off", "target", "CPU ms/run", "CPU / off")
+    cols = ("mode", "configuration", "p50", "p90", "p50 / off", "per round", "target",
+            "CPU ms/run", "CPU / off")  # fmt: skip
     for col in cols:
         table.add_column(col, justify="left" if col in ("mode", "configuration") else "right")
     for mode in MODES:
@@ -234,15 +236,23 @@ def main() -> None:
             p50 = statistics.median(p50s)
             cpu = statistics.median(x["cpu"] + x["agents_cpu"] for x in rows)
             target = {"off": "", "metrics": "<= 1.05", "metrics+traces": "<= 1.15"}[config]
+            offs = results[(mode, "off")]
+            per_round = statistics.median(
+                x["p50"] / o["p50"] for x, o in zip(rows, offs, strict=True)
+            )
             table.add_row(
                 mode, config,
                 f"{p50:.2f} ({min(p50s):.2f}-{max(p50s):.2f})",
                 f"{statistics.median(p90s):.2f}",
-                f"{p50 / base:.3f}", target, f"{cpu:.2f}", f"{cpu / base_cpu:.3f}",
+                f"{p50 / base:.3f}", f"{per_round:.3f}", target, f"{cpu:.2f}",
+                f"{cpu / base_cpu:.3f}",
             )  # fmt: skip
     console.print(table)
     console.print(f"{os.cpu_count()} cores; each measurement in its own process, "
-                  "configurations alternated within each round")  # fmt: skip
+                  "configurations alternated within each round, their order rotated from one "
+                  "round to the next; 'per round': the median over rounds of the ratio to the "
+                  "round's own off; load average at the end "
+                  f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}")  # fmt: skip
 
 
 if __name__ == "__main__":
