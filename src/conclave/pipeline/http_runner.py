@@ -41,18 +41,28 @@ from conclave.observability import tracing
 from conclave.pipeline.agent_client import AgentCallError, AgentHttpClient
 from conclave.pipeline.breaker import CircuitBreaker
 from conclave.pipeline.context import STEP_STATUSES, StepResult, StepStatus, valid_values
-from conclave.pipeline.runners import RUN_ID
+from conclave.pipeline.runners import RUN_DEADLINE_MS, RUN_ID
 from conclave.pipeline.wire import encode_input
 
 log = structlog.get_logger(__name__)
 
 
-def _call_headers() -> dict[str, str] | None:
-    """``x-run-id`` of the run in progress and, while tracing, the W3C ``traceparent``."""
+#: The call's deadline, ms since the epoch: the agent starts no work past it (C8).
+DEADLINE_HEADER = "x-conclave-deadline"
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _call_headers(deadline_ms: int) -> dict[str, str]:
+    """``x-run-id`` of the run in progress, the call's deadline and, while tracing, the W3C
+    ``traceparent``."""
     run_id = RUN_ID.get()
     headers = {"x-run-id": run_id} if run_id else {}
+    headers[DEADLINE_HEADER] = str(deadline_ms)
     tracing.inject(headers)
-    return headers or None
+    return headers
 
 
 def _error_message(raw: bytes) -> str:
@@ -147,7 +157,22 @@ class HttpRunner:
         self.breaker = breaker if breaker is not None else CircuitBreaker()
 
     async def run(self, agent_input: AgentInput, *, now_iso: str) -> StepResult:
-        """POST the context to ``/run``; every failure is a failed step with its reason."""
+        """POST the context to ``/run``; every failure is a failed step with its reason.
+
+        The call asks for the agent's timeout or what is left of the run's budget
+        (`RUN_DEADLINE_MS`), whichever ends first, and sends that deadline to the agent,
+        which starts no work past it (C8). With the budget already spent nothing is sent
+        and the breaker is left alone: the service did nothing wrong.
+        """
+        now = _wall_ms()
+        deadline = now + round(self.timeout_s * 1000)
+        run_deadline = RUN_DEADLINE_MS.get()
+        if run_deadline is not None and run_deadline < deadline:
+            deadline = run_deadline
+            if deadline <= now:
+                reason = f"deadline_exceeded: the run's budget was spent {now - deadline} ms ago"
+                return StepResult.failed(self.name, "timeout", reason, duration_ms=0.0,
+                                         timestamp=now_iso)  # fmt: skip
         if not self.breaker.allow():
             wait = self.breaker.retry_in_s()
             reason = (
@@ -158,7 +183,7 @@ class HttpRunner:
                                      timestamp=now_iso)  # fmt: skip
         answered = False
         try:
-            step = await self._call(agent_input, now_iso)
+            step = await self._call(agent_input, now_iso, deadline, now)
             answered = step.ok or not step.error.startswith(CALL_FAILURES)
             return step
         finally:  # a cancelled call counts as failed, so a probe is never left hanging
@@ -174,13 +199,16 @@ class HttpRunner:
         elif after == "closed" and before != "closed":
             log.info("breaker_closed", agent=self.name)
 
-    async def _call(self, agent_input: AgentInput, now_iso: str) -> StepResult:
+    async def _call(
+        self, agent_input: AgentInput, now_iso: str, deadline: int, now: int
+    ) -> StepResult:
         t0 = time.perf_counter()
         try:
             body = encode_input(agent_input)
             status, raw = await self.client.request(
-                "POST", f"{self.url}/run", body, timeout_s=self.timeout_s, headers=_call_headers()
-            )
+                "POST", f"{self.url}/run", body, timeout_s=(deadline - now) / 1000.0,
+                headers=_call_headers(deadline),
+            )  # fmt: skip
         except AgentCallError as exc:
             st: StepStatus = "timeout" if exc.reason == "timeout" else "error"
             took = (time.perf_counter() - t0) * 1000.0

@@ -48,6 +48,9 @@ DEFAULT_EXECUTOR: ExecutorKind = "inline"
 DEFAULT_TIMEOUT_S = 2.0
 #: The id of the pipeline run in progress in this context (set by ``Pipeline.run``).
 RUN_ID: ContextVar[str | None] = ContextVar("conclave_run_id", default=None)
+#: When the run in progress must be over (ms since the epoch, wall clock; set by the runtime
+#: from ``pipeline.run_deadline_s``): an agent call never asks for more (RELIABILITY C8).
+RUN_DEADLINE_MS: ContextVar[int | None] = ContextVar("conclave_run_deadline_ms", default=None)
 
 
 @runtime_checkable

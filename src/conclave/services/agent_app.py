@@ -44,6 +44,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from conclave.agents import REGISTRY, Agent, AgentInput, AgentResult, Status
+from conclave.agents.plain import wire_answer
 from conclave.agents.registry import Registry
 from conclave.errors import (
     AgentError,
@@ -175,18 +176,35 @@ class _Service:
             return "error", context.news_error
         return context.input_for(self.agent)
 
-    async def run(self, data: Any) -> Any:
+    async def run(self, data: Any, *, deadline_ms: int | None = None) -> Any:
         """The wire answer to one ``/run`` body, inside the ``agent.compute`` span: a child
         of the caller's ``agent.call`` span through ``traceparent`` (no server span of its
-        own), with the step's status as ``conclave.status``."""
+        own), with the step's status as ``conclave.status``. Past ``deadline_ms`` (the
+        caller's ``x-conclave-deadline``) no work starts: the answer is a ``timeout`` step
+        (RELIABILITY C8)."""
         with agent_compute(self.agent.name) as span:
-            answer = await self._run(data)
+            answer = await self._run(data, deadline_ms)
             if span.is_recording():
                 span.set_attribute("conclave.status", answer["meta"]["status"])
             return answer
 
-    async def _run(self, data: Any) -> Any:
+    def _expired(self, deadline_ms: int | None, t0: float) -> Any:
+        """The ``timeout`` answer when ``deadline_ms`` has passed, else None."""
+        if deadline_ms is None:
+            return None
+        now = self.now_ms()
+        if now < deadline_ms:
+            return None
+        reason = f"deadline_exceeded: the caller's deadline passed {now - deadline_ms} ms ago"
+        took = (time.perf_counter() - t0) * 1000.0
+        return wire_answer(None, None, {}, agent=self.agent.name, version=self.agent.version,
+                           duration_ms=took, timestamp=iso_ms(now), as_of=None,
+                           status="timeout", reason=reason)  # fmt: skip
+
+    async def _run(self, data: Any, deadline_ms: int | None) -> Any:
         t0 = time.perf_counter()
+        if (late := self._expired(deadline_ms, t0)) is not None:
+            return late
         ctx = decode_context(data)
         if ctx.agent_input is None:
             resolved = await self.resolve(ctx)
@@ -196,6 +214,8 @@ class _Service:
             took = (time.perf_counter() - t0) * 1000.0
             return _failed(self.agent, *resolved, iso_ms(self.now_ms()), took)
         agent_input = resolved
+        if (late := self._expired(deadline_ms, t0)) is not None:  # reading data took it
+            return late
         now_iso = iso_ms(self.now_ms())
         try:
             return self.agent.run(agent_input, now_iso=now_iso).to_wire()
@@ -227,18 +247,20 @@ class RunRoute:
         if scope["type"] != "http" or scope["path"] != "/run" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        t0, ctype, run_id = time.perf_counter(), b"", ""
+        t0, ctype, run_id, deadline = time.perf_counter(), b"", "", None
         for key, value in scope["headers"]:
             if key == b"content-type":
                 ctype = value
             elif key == b"x-run-id":
                 run_id = value.decode("latin-1")[:64]
+            elif key == b"x-conclave-deadline" and value.isdigit() and len(value) <= 15:
+                deadline = int(value)
         with structlog.contextvars.bound_contextvars(**({"run_id": run_id} if run_id else {})):
-            await self._answer(ctype, receive, send, t0, scope["headers"])
+            await self._answer(ctype, receive, send, t0, scope["headers"], deadline)
 
     async def _answer(
         self, ctype: bytes, receive: Receive, send: Send, t0: float,
-        headers: list[tuple[bytes, bytes]],
+        headers: list[tuple[bytes, bytes]], deadline_ms: int | None,
     ) -> None:  # fmt: skip
         agent = self.service.agent.name
         try:
@@ -257,7 +279,7 @@ class RunRoute:
                 if not verdict.ok:
                     raise ApiError(401, "unauthorized", f"call not accepted: {verdict.reason}")
             data = parse_json(body)
-            out = await self.service.run(data)
+            out = await self.service.run(data, deadline_ms=deadline_ms)
             raw, status = orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY), 200
         except (ApiError, InvalidRequestError) as exc:
             status, raw = error_of(exc)

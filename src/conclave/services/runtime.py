@@ -20,6 +20,7 @@ modes, and naming an agent the registry does not know stops start-up
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from conclave.market.gateway import MarketGateway
 from conclave.market.sources import CandleSource, open_source
 from conclave.pipeline import AgentRunner, Pipeline, PipelineRun
 from conclave.pipeline.breaker import CircuitBreaker
+from conclave.pipeline.runners import RUN_DEADLINE_MS
 from conclave.services import health
 from conclave.services.health import HEALTH_TIMEOUT_S
 from conclave.services.run_metrics import breaker_collectors, record_run
@@ -307,12 +309,17 @@ class Runtime:
         Symbol and timeframe must have been checked already (the API's request model does
         it before any I/O); data problems end in a ``no_signal`` decision, not an exception.
         """
-        async with asyncio.timeout(self.settings.pipeline.run_deadline_s):
-            # as of the exchange's now: a bar the exchange still has open is never used (A8)
-            now = await self.gateway.now_ms(self.local_ms())
-            run = await self.pipeline(use_http).run(
-                account_id, symbol, timeframe, as_of_ms=now, now_iso=iso_ms(now)
-            )
+        budget_s = self.settings.pipeline.run_deadline_s
+        token = RUN_DEADLINE_MS.set(time.time_ns() // 1_000_000 + round(budget_s * 1000))
+        try:
+            async with asyncio.timeout(budget_s):
+                # as of the exchange's now: a bar the exchange still has open is never used (A8)
+                now = await self.gateway.now_ms(self.local_ms())
+                run = await self.pipeline(use_http).run(
+                    account_id, symbol, timeframe, as_of_ms=now, now_iso=iso_ms(now)
+                )
+        finally:
+            RUN_DEADLINE_MS.reset(token)
         self.count(run, use_http)
         await self._after_run(run)
         return run
