@@ -15,8 +15,9 @@ service (`conclave.services.agent_health`); ``POST /run`` takes a context (see
   a fresh account when none is named, an unreadable one when one is named (no account
   store yet). ``asOf`` defaults to now, read at the edge of the app.
 
-``POST /run`` is answered by `RunRoute`, a pure ASGI route in front of FastAPI with the same
-rules and error shapes (FastAPI still documents it and serves everything else).
+``POST /run`` is answered by `conclave.services.agent_route.RunRoute`, a pure ASGI route in
+front of FastAPI with the same rules and error shapes (FastAPI still documents it and serves
+everything else).
 
 The agent is looked up in the factory's `Registry` (default `conclave.agents.REGISTRY`),
 whose other agents still shape the data an ids-only context resolves to (the longest
@@ -37,11 +38,9 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
-import orjson
 import structlog
 from fastapi import FastAPI, Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from conclave.agents import REGISTRY, Agent, AgentInput, AgentResult, Status
 from conclave.agents.plain import wire_answer
@@ -64,14 +63,12 @@ from conclave.pipeline.wire import WireContext, WireError, decode_context
 from conclave.security.signing import Verifier
 from conclave.services.agent_health import RunStats, install_agent_health
 from conclave.services.agent_openapi import agent_run_schema
+from conclave.services.agent_route import RunRoute
 from conclave.services.http_common import (
-    ApiError,
-    error_of,
     install_http_common,
     json_response,
-    send_json,
 )
-from conclave.services.json_body import check_json_type, parse_json, read_json
+from conclave.services.json_body import read_json
 from conclave.services.openapi_docs import BODY_ERRORS, AgentAnswer, error_responses, request_body
 from conclave.settings import Settings, check_agent_settings
 from conclave.timeframes import BINANCE_INTERVALS, Timeframe, iso_ms
@@ -222,102 +219,6 @@ class _Service:
         except AgentError as exc:
             took = (time.perf_counter() - t0) * 1000.0
             return _failed(self.agent, "error", f"{exc.reason}: {exc}", now_iso, took)
-
-
-class RunRoute:
-    """Pure ASGI ``POST /run``, in front of FastAPI's router; every other request goes on.
-
-    Same rules and answers as the FastAPI route it shadows (415, 400 ``body``, 413 while
-    streaming, 422 naming the field, 500 ``internal`` through the app's handler), without
-    FastAPI's per-request layers (request object, dependencies, exception middleware): they
-    cost 100-150 us of server CPU per call, nine calls per pipeline run. It sits inside
-    `BodyLimitMiddleware`, which refuses a declared length over the limit before this runs
-    and counts and times a streamed body as it is received here (413 over the limit, 408
-    when it is late; both close the connection).
-    """
-
-    def __init__(
-        self, app: ASGIApp, *, service: _Service, verifier: Verifier | None = None
-    ) -> None:
-        self.app = app
-        self.service = service
-        self.verifier = verifier  # signed calls only, when an agent secret is set (E8)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/run" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        t0, ctype, run_id, deadline = time.perf_counter(), b"", "", None
-        for key, value in scope["headers"]:
-            if key == b"content-type":
-                ctype = value
-            elif key == b"x-run-id":
-                run_id = value.decode("latin-1")[:64]
-            elif key == b"x-conclave-deadline" and value.isdigit() and len(value) <= 15:
-                deadline = int(value)
-        with structlog.contextvars.bound_contextvars(**({"run_id": run_id} if run_id else {})):
-            await self._answer(ctype, receive, send, t0, scope["headers"], deadline)
-
-    async def _answer(
-        self, ctype: bytes, receive: Receive, send: Send, t0: float,
-        headers: list[tuple[bytes, bytes]], deadline_ms: int | None,
-    ) -> None:  # fmt: skip
-        agent = self.service.agent.name
-        try:
-            check_json_type(ctype.decode("latin-1"))
-            chunks: list[bytes] = []
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return  # nobody to answer
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    break
-            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            if self.verifier is not None:
-                verdict = self.verifier.verify_asgi("POST", "/run", body, headers)
-                if not verdict.ok:
-                    raise ApiError(401, "unauthorized", f"call not accepted: {verdict.reason}")
-            data = parse_json(body)
-            out = await self.service.run(data, deadline_ms=deadline_ms)
-            raw, status = orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY), 200
-        except (ApiError, InvalidRequestError) as exc:
-            status, raw = error_of(exc)
-            code = exc.code if isinstance(exc, ApiError) else exc.reason
-            fields = {"agent": agent, "http": status, "code": code, "field": exc.field,
-                      "reason": str(exc)[:300], "duration_ms": _ms(t0)}  # fmt: skip
-            if status < 500:  # the caller's input: a warning, the service is fine
-                log.warning("agent_request_rejected", **fields)
-            else:
-                log.error("agent_request_failed", **fields)
-            self.service.stats.refused(status, code, str(exc))
-        except Exception as exc:  # answered 500 ``internal`` by the app's handler
-            log.error("agent_request_failed", agent=agent, http=500, code="internal",
-                      reason=f"{type(exc).__name__}: {exc}"[:300], duration_ms=_ms(t0))  # fmt: skip
-            self.service.stats.refused(500, "internal", type(exc).__name__)
-            raise
-        else:
-            _log_result(agent, out, t0)
-            self.service.stats.answered(out)
-        await send_json(send, status, raw)
-
-
-def _ms(t0: float) -> float:
-    return round((time.perf_counter() - t0) * 1000.0, 3)
-
-
-def _log_result(agent: str, out: Any, t0: float) -> None:
-    """Every run at debug; an answer without a signal at error (``error``) or warning."""
-    meta = out.get("meta", {}) if isinstance(out, dict) else {}
-    status, reason = meta.get("status", "ok"), meta.get("reason", "")
-    if status in ("error", "timeout"):
-        log.error("agent_request_failed", agent=agent, http=200, code=status,
-                  reason=str(reason)[:300], duration_ms=_ms(t0))  # fmt: skip
-    elif status != "ok":  # no_data is expected (no news source): info, as the orchestrator
-        level = log.info if status == "no_data" else log.warning
-        level("agent_no_signal", agent=agent, http=200, code=status,
-              reason=str(reason)[:300], duration_ms=_ms(t0))  # fmt: skip
-    log.debug("agent_run", agent=agent, status=status, duration_ms=_ms(t0))
 
 
 def create_agent_app(
