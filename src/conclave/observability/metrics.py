@@ -90,6 +90,10 @@ RUNS_DEGRADED = Counter(
     "Runs without a usable answer from an agent, by that agent (one run may count under several).",
     ["agent"],
 )
+RUNS_SHED = Counter(
+    "conclave_runs_shed_total",
+    "Run requests refused with 503 because api.max_runs_in_flight runs were in progress.",
+)
 RUN_DURATION = Histogram(
     "conclave_run_duration_seconds",
     "Pipeline run duration (data, agents, decision), by deployment mode.",

@@ -45,6 +45,7 @@ from conclave.observability.tracing import fastapi_options
 from conclave.pipeline.wire import ACCOUNT_ID_PATTERN
 from conclave.services import account_runs
 from conclave.services.accounts_api import router as accounts_router
+from conclave.services.admission import AdmissionMiddleware
 from conclave.services.edge_auth import agent_urls, install_edge
 from conclave.services.health import install_health
 from conclave.services.http_common import (
@@ -173,6 +174,8 @@ def create_app(
         lifespan=lifespan,
         **fastapi_options(),  # FastAPI's own telemetry off: TraceMiddleware traces
     )
+    # admission (F2) inside the key check and per-key limit: only admitted callers take slots
+    app.add_middleware(AdmissionMiddleware, limit=settings.api.max_runs_in_flight)
     # API keys, rate limits, CORS (issue 12): inside the common layers, so they count 401s
     edge = install_edge(app, settings, agent_urls=agent_urls(settings, registry), now_ms=clock)
     install_http_common(
@@ -206,7 +209,9 @@ def create_app(
                 e404="accountId names no account",
                 e409="same Idempotency-Key still running, or not recordable",
             ),
-            **error_responses(*BODY_ERRORS, *KEY_ERRORS, 503),
+            **error_responses(*BODY_ERRORS, *KEY_ERRORS, 503, e503="the run store is "
+                              "unavailable, or api.max_runs_in_flight runs are in progress "
+                              "(`overloaded`); both with Retry-After"),
         },
         openapi_extra=request_body(schema),
     )
