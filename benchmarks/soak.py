@@ -79,8 +79,11 @@ def database(kind: str, pg: str) -> Iterator[str | None]:
 
 
 @contextlib.contextmanager
-def system(mode: str, db_url: str | None, data_dir: Path) -> Iterator[tuple[int, dict[str, int]]]:
-    """The processes of ``mode``; the API port and every process's PID by name."""
+def system(
+    mode: str, db_url: str | None, data_dir: Path, extra: dict[str, str] | None = None
+) -> Iterator[tuple[int, dict[str, int]]]:
+    """The processes of ``mode`` (``extra`` added to their environment); the API port and
+    every process's PID by name."""
     from conclave.agents import REGISTRY
 
     env = {
@@ -92,6 +95,7 @@ def system(mode: str, db_url: str | None, data_dir: Path) -> Iterator[tuple[int,
             "CONCLAVE_LOG_LEVEL": "WARNING", "CONCLAVE_MARKET__SOURCE": "sim"}  # fmt: skip
     if db_url:
         env["DATABASE_URL"] = db_url
+    env |= extra or {}
     ports = {name: free_port() for name in REGISTRY} if mode == "http" else {}
     if ports:
         env |= {"USE_HTTP_AGENTS": "true", "CONCLAVE_AGENTS__PORTS": json.dumps(ports)}
