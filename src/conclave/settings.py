@@ -255,6 +255,21 @@ class MetricsSettings(_Section):
     enabled: bool = True
 
 
+class DashboardSettings(_Section):
+    """``conclave dashboard``: where it listens and the orchestrator API it reads.
+
+    The dashboard holds no data of its own: every page is read from ``api_url`` (which may
+    be a remote deployment), so it is its own service in compose and Kubernetes.
+    ``cookie_secure`` marks its cookies Secure (set it when served over HTTPS).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(3001, gt=0, lt=65536)
+    api_url: str = "http://127.0.0.1:4000"
+    api_timeout_s: float = Field(5.0, gt=0, le=60)
+    cookie_secure: bool = False
+
+
 class SecuritySettings(_Section):
     """API keys, rate limits and CORS of the HTTP API (`conclave.security`).
 
@@ -315,6 +330,7 @@ class Settings(BaseSettings):
     pipeline: PipelineSettings = PipelineSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     security: SecuritySettings = SecuritySettings()
+    dashboard: DashboardSettings = DashboardSettings()
 
     def agent_port(self, name: str, agents: AgentCatalog) -> int:
         """The port of agent ``name``'s service: its override, else its default in ``agents``."""

@@ -3,8 +3,9 @@
 This is an edge: settings are loaded here once, logging is configured here, and the clock is
 read here (`wall_clock_ms`) and passed down in `CliState`. Each command group lives in its
 own module (``conclave.cli.data``, ``.run``, ``.backtest``, ``.scheduler``, ``.serve``,
-``.accounts``, ``.agents``); they share only ``conclave.cli.common`` and never import this
-module or each other. The registrations below are the whole command list, in help order.
+``.accounts``, ``.agents``, ``.dashboard``); they share only ``conclave.cli.common`` and
+never import this module or each other. The registrations below are the whole command
+list, in help order.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from conclave.cli import accounts, agents, backtest, data, keys, run, scheduler, serve
+from conclave.cli import accounts, agents, backtest, dashboard, data, keys, run, scheduler, serve
 from conclave.cli.common import CliState, fail
 from conclave.errors import ConfigurationError
 from conclave.logging import configure_logging
@@ -66,6 +67,7 @@ app.command("scheduler")(scheduler.scheduler)
 app.command("serve")(serve.serve)
 app.command("demo")(serve.demo)
 app.command("up")(serve.up)
+app.command("dashboard")(dashboard.dashboard)
 
 
 def main() -> None:

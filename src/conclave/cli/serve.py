@@ -2,12 +2,14 @@
 
 - ``serve`` runs the orchestrator API (port 4000 by default) in the foreground; agents run
   in process or over HTTP as the settings say.
-- ``up`` is local microservice mode: it starts the nine agent services, then the
-  orchestrator with ``USE_HTTP_AGENTS=true``, prints the URLs and waits; Ctrl-C (or
-  SIGTERM) stops the orchestrator and exactly the agent processes it started.
+- ``up`` is local microservice mode: it starts the nine agent services, the dashboard
+  (port 3001, `conclave.dashboard.server`), then the orchestrator with
+  ``USE_HTTP_AGENTS=true``, prints the URLs and waits; Ctrl-C (or SIGTERM) stops the
+  orchestrator and exactly the processes it started.
 - ``demo`` (what ``make run`` calls) serves in monolithic mode, asks itself for one run
-  over real HTTP, prints the decision (labelled SIMULATED on sim data) and the URLs to
-  try, and keeps serving until Ctrl-C (``--once`` stops after the run, for tests).
+  over real HTTP, prints the decision (labelled SIMULATED on sim data), starts the
+  dashboard and prints the URLs to try, and keeps serving until Ctrl-C (``--once`` stops
+  after the run and starts no dashboard, for tests).
 
 All three first run the start-up check (`conclave.services.edge_auth.startup_verdict`,
 RELIABILITY E10): bound beyond loopback with no active API key, or with an empty, default
@@ -29,7 +31,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Generator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import uvicorn
@@ -39,6 +41,9 @@ from conclave.agents import REGISTRY
 from conclave.cli.common import ApiHostOption, ApiPortOption, CliState, fail
 from conclave.errors import ConclaveError
 from conclave.settings import Settings
+
+if TYPE_CHECKING:
+    from conclave.dashboard.server import DashboardProcess
 
 #: Seconds uvicorn gives in-flight requests on shutdown (RELIABILITY.md: 5-10 s).
 GRACEFUL_SHUTDOWN_S = 5
@@ -187,6 +192,30 @@ def serve(
     _serve_blocking(state, s, bind_host, s.api.port if port is None else port)
 
 
+def _base(host: str, port: int) -> str:
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+
+
+def _start_dashboard(state: CliState, settings: Settings, api_url: str) -> DashboardProcess:
+    """Start the dashboard (issue 14) as a child process reading ``api_url``; print its URL,
+    or why it did not start (the orchestrator goes on without it)."""
+    from conclave.dashboard.server import start_process
+
+    log = settings.logs_dir / "dashboard.log"
+    started = start_process(settings, api_url, log, env_file=state.env_file)
+    if started.error is None:
+        state.out.print(f"dashboard: {started.url}", highlight=False, soft_wrap=True)
+    else:
+        state.err.print(f"dashboard not started: {started.error}", highlight=False,
+                        markup=False, soft_wrap=True)  # fmt: skip
+    return started
+
+
+DashboardOption = Annotated[
+    bool, typer.Option("--dashboard/--no-dashboard", help="Start the dashboard (port 3001) too.")
+]
+
+
 # -- demo (make run) -----------------------------------------------------------------------
 
 
@@ -211,12 +240,20 @@ def summary_lines(run: dict[str, Any]) -> list[str]:
 
 
 async def _demo(
-    state: CliState, settings: Settings, host: str, port: int, symbol: str, tf: str, once: bool
+    state: CliState,
+    settings: Settings,
+    host: str,
+    port: int,
+    symbol: str,
+    tf: str,
+    once: bool,
+    with_dashboard: bool = True,
 ) -> None:
     import httpx2
 
     server = _server(settings, state.now_ms, host, port)
     task = asyncio.create_task(server.serve())
+    dashboard: DashboardProcess | None = None
     try:
         bound = await _started(server, task)
         base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{bound}"
@@ -234,15 +271,23 @@ async def _demo(
         state.out.print(
             f"  read it back: {base}/pipeline/runs/{run['runId']}", highlight=False, soft_wrap=True
         )
+        if with_dashboard and not once:
+            dashboard = await asyncio.to_thread(_start_dashboard, state, settings, base)
         _urls(state.out, host, bound)
     except BaseException:
         server.should_exit = True
         with contextlib.suppress(BaseException):
             await task
+        if dashboard is not None:
+            dashboard.stop()
         raise
     if once:
         server.should_exit = True
-    await task
+    try:
+        await task
+    finally:
+        if dashboard is not None:
+            dashboard.stop()
 
 
 def demo(
@@ -252,6 +297,7 @@ def demo(
     symbol: Annotated[str, typer.Option("--symbol", help="Symbol of the first run.")] = "BTCUSDT",
     timeframe: Annotated[str, typer.Option("--timeframe", help="Its timeframe.")] = "1h",
     once: Annotated[bool, typer.Option("--once", help="Stop after the first run.")] = False,
+    with_dashboard: DashboardOption = True,
 ) -> None:
     """Serve in monolithic mode, run the pipeline once, print it and the URLs to try."""
     state: CliState = ctx.obj
@@ -271,6 +317,7 @@ def demo(
                     symbol,
                     timeframe,
                     once,
+                    with_dashboard,
                 )
             )
         except (RuntimeError, TimeoutError, ConclaveError, OSError) as exc:
@@ -286,6 +333,7 @@ def up(
     ctx: typer.Context,
     host: ApiHostOption = None,
     port: ApiPortOption = None,
+    with_dashboard: DashboardOption = True,
 ) -> None:
     """Start the nine agent services and the orchestrator over them; Ctrl-C stops all."""
     from conclave.services import procs
@@ -299,6 +347,7 @@ def up(
     results = procs.start_agents(settings, REGISTRY.names)
     # stop exactly what this command started; services that were already up stay up
     mine = [r.name for r in results if r.status == "started"]
+    dashboard: DashboardProcess | None = None
     try:
         for r in results:
             colour = {"started": "green", "already_running": "yellow"}.get(r.status, "red")
@@ -311,10 +360,13 @@ def up(
         failed = [r.name for r in results if r.status == "failed"]
         if failed:
             fail(state.err, f"agent service(s) did not start: {', '.join(failed)}", 1)
-        state.out.print("dashboard: not part of this version yet")
+        if with_dashboard:
+            dashboard = _start_dashboard(state, settings, _base(bind_host, bind_port))
         _urls(state.out, bind_host, bind_port)
         _serve_blocking(state, settings, bind_host, bind_port)
     finally:
+        if dashboard is not None:
+            dashboard.stop()
         if mine:
             stopped = procs.stop_recorded(settings, mine)
             left = [r.name for r in stopped if r.outcome == "survived"]

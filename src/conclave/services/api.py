@@ -46,7 +46,9 @@ from conclave.pipeline.wire import ACCOUNT_ID_PATTERN
 from conclave.services import account_runs
 from conclave.services.accounts_api import router as accounts_router
 from conclave.services.admission import AdmissionMiddleware
+from conclave.services.backtest_api import backtest_router
 from conclave.services.edge_auth import agent_urls, install_edge
+from conclave.services.equity_api import router as equity_router
 from conclave.services.health import install_health
 from conclave.services.http_common import (
     ApiError,
@@ -55,6 +57,7 @@ from conclave.services.http_common import (
     json_response,
 )
 from conclave.services.json_body import read_json
+from conclave.services.market_api import market_router
 from conclave.services.openapi_docs import (
     BODY_ERRORS,
     KEY_ERRORS,
@@ -189,6 +192,9 @@ def create_app(
         app.add_exception_handler(exc_type, _on_store_error)
     app.add_exception_handler(StoreRejectedError, _on_store_rejected)
     app.include_router(accounts_router)
+    app.include_router(market_router(settings))  # the dashboard's Market page
+    app.include_router(backtest_router(settings, clock))  # backtests as background jobs
+    app.include_router(equity_router)  # an account's equity curve
     scheduler_health = install_scheduler_api(app, settings, clock)
 
     schema = run_request_forms(run_request.model_json_schema(by_alias=True))
