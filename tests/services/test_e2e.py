@@ -200,10 +200,12 @@ def test_demo_serves_runs_once_and_labels_sim_output(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(60)
 def test_up_starts_everything_and_ctrl_c_stops_exactly_that(tmp_path: Path) -> None:
-    """``conclave up``: nine agent services and the orchestrator over HTTP; SIGINT (Ctrl-C)
-    stops the orchestrator and every service it started, and it exits 0."""
-    *agent_ports, api_port = free_ports(len(REGISTRY) + 1)
-    env = child_env(tmp_path, dict(zip(REGISTRY, agent_ports, strict=True)))
+    """``conclave up``: nine agent services, the dashboard and the orchestrator over HTTP;
+    SIGINT (Ctrl-C) stops the orchestrator and every process it started, and it exits 0."""
+    *agent_ports, api_port, dash_port = free_ports(len(REGISTRY) + 2)
+    env = child_env(tmp_path, dict(zip(REGISTRY, agent_ports, strict=True)),
+                    CONCLAVE_DASHBOARD__PORT=str(dash_port))  # fmt: skip
+    dashboard = f"http://127.0.0.1:{dash_port}/dashboard"
     url = f"http://127.0.0.1:{api_port}"
     pids: dict[str, int] = {}
     up_pid = None
@@ -220,8 +222,11 @@ def test_up_starts_everything_and_ctrl_c_stops_exactly_that(tmp_path: Path) -> N
             assert client.get(f"{url}/health").json()["mode"] == "microservices"
             run = client.post(f"{url}/pipeline/run", json=RUN).json()
             assert run["missingAgents"] == [], run["steps"]
+            assert client.get(dashboard).status_code == 200  # started with the rest
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=30) == 0
+            with pytest.raises(httpx2.ConnectError):  # and stopped with them
+                client.get(dashboard)
         assert [name for name, pid in pids.items() if alive(pid)] == []
         assert recorded_pids(tmp_path) == {}
     finally:
