@@ -6,8 +6,10 @@ secret setting: the API-key hashing secret, the agents' signing secret, the pass
 (Redis has no password, so its AUTH fails and the cache degrades: a failure path that must
 not quote the URL), plus the API key itself. They serve runs over HTTP, a run with one agent
 killed, refused and malformed requests, every operator endpoint, and export their traces
-over OTLP to a receiver on loopback. Then every byte they produced is searched: the answers
-(bodies and headers), the log files, every span, and every row of every table.
+over OTLP to a receiver on loopback. The dashboard runs beside them with the same settings:
+a wrong key is refused at its login, the right one is taken, and every page is rendered.
+Then every byte they produced is searched: the answers (bodies and headers), the dashboard's
+pages, the log files, every span, and every row of every table.
 """
 
 from __future__ import annotations
@@ -119,9 +121,41 @@ def _exercise(api: str, key: str, agents: dict[str, str]) -> list[str]:
     return seen
 
 
+def _dashboard_pages(dashboard: str, key: str, run_id: str) -> list[str]:
+    """A refused and an accepted login, then every page; each answer's status,
+    headers (cookies included) and body."""
+    seen: list[str] = []
+    with httpx2.Client(base_url=dashboard, timeout=30.0, trust_env=False) as c:
+
+        def keep(resp: httpx2.Response) -> httpx2.Response:
+            seen.append(f"{resp.status_code} {dict(resp.headers)} {resp.text}")
+            return resp
+
+        def login(with_key: str) -> httpx2.Response:
+            keep(c.get("/dashboard/login"))
+            token = c.cookies["conclave_csrf"]
+            return keep(c.post("/dashboard/login", data={"csrf": token, "key": with_key,
+                                                          "next": "/dashboard"}))  # fmt: skip
+
+        assert login(CANARIES["wrong_key"]).status_code != 303
+        accepted = login(key)
+        assert accepted.status_code == 303
+        # the one place the key may be: the HttpOnly cookie that keeps it (issue 14)
+        cookie = accepted.headers["set-cookie"]
+        assert key in cookie
+        assert "httponly" in cookie.lower()
+        seen[-1] = seen[-1].replace(key, "<the key, in its HttpOnly cookie>")
+        pages = ["/dashboard", "/dashboard/runs", f"/dashboard/runs/{run_id}",
+                 "/dashboard/market", "/dashboard/accounts", "/dashboard/backtests",
+                 f"/dashboard/runs?token={CANARIES['query']}"]  # fmt: skip
+        for path in pages:
+            assert keep(c.get(path)).status_code == 200, path
+    return seen
+
+
 async def test_canary_secrets_appear_nowhere(tmp_path: Path, pg_database: str) -> None:
     ports = {name: free_port() for name in HTTP_AGENTS}
-    api_port = free_port()
+    api_port, dash_port = free_port(), free_port()
     with OtlpReceiver() as receiver:
         env = _env(tmp_path, pg_database, receiver.url, ports)
         created = run_to_exit(conclave("keys", "create", "--name", "canary", "--scope", "admin",
@@ -144,6 +178,12 @@ async def test_canary_secrets_appear_nowhere(tmp_path: Path, pg_database: str) -
             api = f"http://127.0.0.1:{api_port}"
             wait_live(api, api_proc)
             seen = await asyncio.to_thread(_exercise, api, key, agents)
+            dash_cmd = conclave("dashboard", "--port", str(dash_port), "--api-url", api)
+            dash_proc = stack.enter_context(started(dash_cmd, env, tmp_path, logs / "dash.log"))
+            dashboard = f"http://127.0.0.1:{dash_port}"
+            wait_live(dashboard, dash_proc)
+            run_id = json.loads(seen[0].split(" ", 1)[1].split("} ", 1)[1])["runId"]
+            pages = await asyncio.to_thread(_dashboard_pages, dashboard, key, run_id)
             procs["momentum"].send_signal(signal.SIGTERM)  # an agent fails: its step errors
             procs["momentum"].wait(timeout=15)
             with httpx2.Client(timeout=30.0, trust_env=False) as c:
@@ -157,6 +197,7 @@ async def test_canary_secrets_appear_nowhere(tmp_path: Path, pg_database: str) -
     rows = await _rows(pg_database)
     texts = {
         "answers": "\n".join(seen),
+        "dashboard pages": "\n".join(pages),
         "logs": "\n".join(p.read_text(errors="replace") for p in logs.glob("*.log")),
         "spans": "\n".join(repr(s) for s in spans),
         "export headers": repr(receiver.requests),
@@ -164,6 +205,7 @@ async def test_canary_secrets_appear_nowhere(tmp_path: Path, pg_database: str) -
     }
     assert "run_recorded" in texts["logs"]  # the logs are there to search
     assert "pipeline.run" in texts["spans"]
+    assert "Why: each agent" in texts["dashboard pages"]  # the run page was rendered
     assert len(rows) > 0
     secrets = {**CANARIES, "api_key": key}
     leaks = [f"{what} in {where}" for where, text in texts.items()
