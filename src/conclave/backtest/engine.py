@@ -8,7 +8,9 @@ arithmetic:
 2. **The decision, vectorized** (`signals.pre_decide`): conviction, confidence, action and
    strength before the risk manager's verdict.
 3. **The account, bar by bar** (`account_loop.simulate`): the risk manager's verdict, the
-   fill at the next open, equity at the close, halt / resume, the next order.
+   fill at the next open, equity at the close, halt / resume, the next order. It runs
+   compiled (`fast_loop.simulate_compiled`, numba) unless ``loop="python"`` asks for the
+   pure-Python reference, which a test holds it equal to bit for bit.
 
 Gaps in the history are reported (`BacktestResult.gaps`), never filled: a bar's order fills
 at the next bar that exists, as in live trading.
@@ -18,11 +20,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from typing import Literal
 
 import numpy as np
 
 from conclave.agents import Agent
 from conclave.backtest.account_loop import simulate
+from conclave.backtest.fast_loop import simulate_compiled
 from conclave.backtest.history import History
 from conclave.backtest.result import BLOCKED, NONE, AgentSeries, BacktestResult, Gap
 from conclave.backtest.settings import BacktestSettings, Progress
@@ -37,8 +41,10 @@ def run_backtest(
     settings: BacktestSettings,
     *,
     progress: Progress | None = None,
+    loop: Literal["compiled", "python"] = "compiled",
 ) -> BacktestResult:
-    """Agents, decision and account over ``history``'s period (see the module docstring)."""
+    """Agents, decision and account over ``history``'s period (see the module docstring);
+    ``loop`` picks the account loop's implementation (the same result either way)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     fresh = fresh_mask(history)
@@ -54,7 +60,8 @@ def run_backtest(
 
     t2 = time.perf_counter()
     period = history.period
-    trace = simulate(period, pre, settings, progress)
+    account = simulate_compiled if loop == "compiled" else simulate
+    trace = account(period, pre, settings, progress)
     timings["account_s"] = time.perf_counter() - t2
     timings["total_s"] = time.perf_counter() - t0
 

@@ -3,6 +3,9 @@
 1. **Agents.** Every analysis agent's `Agent.series` runs ONCE over the whole history (the
    same classes and parameters the live pipeline runs; their per-bar values depend only on a
    bounded trailing window, so the value at bar t is what the live step computes at t).
+   The agents are independent and pure, so ``workers`` threads may run them (the same
+   values; the numpy work releases the GIL). One thread is the default: on a busy 2-core
+   machine two threads measured slower, not faster (benchmarks/backtest.py prints both).
 2. **The decision.** `conclave.pipeline.decision.decide`'s formula over arrays: which agents
    are usable at each bar (the live step would be ok; not where the agent had no data),
    conviction, confidence, action and strength before the risk manager's verdict (which
@@ -14,12 +17,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from conclave.agents import Agent
+from conclave.agents import Agent, SeriesOutput
 from conclave.backtest.history import History
 from conclave.backtest.result import BUY, F64, HOLD, NONE, SELL, AgentSeries, B
 from conclave.backtest.settings import Progress
@@ -62,13 +66,16 @@ def agent_series(
     progress: Progress | None = None,
     *,
     fresh: B | None = None,
+    workers: int = 1,
 ) -> dict[str, AgentSeries]:
     """Every analysis agent's series over the whole history, with where it is usable.
 
     An agent is usable at a bar when its window is long enough (``min_bars``), its series
     succeeded, it had input there (`SeriesOutput.has_data`; else the live step's status is
     ``no_data``) and the data is fresh there (`fresh_mask`; else the live run fails every
-    step with ``stale_data``); pass ``fresh`` when it is already known.
+    step with ``stale_data``); pass ``fresh`` when it is already known. ``workers``
+    threads run the agents (1: one after another in this thread); an agent's ``seconds``
+    is its own wall time.
     """
     n = len(history.candles)
     idx = np.arange(n)
@@ -76,29 +83,53 @@ def agent_series(
         fresh = fresh_mask(history)
     out: dict[str, AgentSeries] = {}
     names = [a for a in agents if a != RISK_AGENT]
-    for k, name in enumerate(names):
-        agent = agents[name]
-        t0 = time.perf_counter()
-        res = agent.series(history.input_for(agent))
-        took = time.perf_counter() - t0
-        need = agent.min_bars(history.timeframe)
-        answered = res.status in ("ok", "no_data")
-        usable = (idx + 1 >= need) & fresh & res.has_data() if answered else np.zeros(n, bool)
-        if name == SIZING_AGENT:
-            mult = res.columns.get("size_multiplier")
-            if mult is None:
-                usable = np.zeros(n, dtype=bool)
-            else:
-                usable = usable & np.isfinite(mult) & (mult >= 0.0) & (mult <= 1.0)
-        score = np.where(usable, res.score, 0.0)
-        conf = np.where(usable, res.confidence, 0.0)
-        out[name] = AgentSeries(
-            name, score, conf, usable, res.status, res.reason, need, took,
-            columns={k_: np.asarray(v) for k_, v in res.columns.items()},
-        )  # fmt: skip
-        if progress is not None:
-            progress("agents", k + 1, len(names))
+    pool = ThreadPoolExecutor(workers) if workers > 1 and len(names) > 1 else None
+    try:
+        pending = [pool.submit(_timed, agents[n], history) for n in names] if pool else []
+        for k, name in enumerate(names):
+            got = pending[k].result() if pool else _timed(agents[name], history)
+            out[name] = _usable(name, agents[name], *got, history, idx, fresh)
+            if progress is not None:
+                progress("agents", k + 1, len(names))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return out
+
+
+def _timed(agent: Agent, history: History) -> tuple[SeriesOutput, float]:
+    """The agent's series over the history, and the wall time it took (s)."""
+    t0 = time.perf_counter()
+    res = agent.series(history.input_for(agent))
+    return res, time.perf_counter() - t0
+
+
+def _usable(
+    name: str,
+    agent: Agent,
+    res: SeriesOutput,
+    took: float,
+    history: History,
+    idx: npt.NDArray[np.int64],
+    fresh: B,
+) -> AgentSeries:
+    """The agent's series where the live step would be ok, zero elsewhere."""
+    n = idx.shape[0]
+    need = agent.min_bars(history.timeframe)
+    answered = res.status in ("ok", "no_data")
+    usable = (idx + 1 >= need) & fresh & res.has_data() if answered else np.zeros(n, bool)
+    if name == SIZING_AGENT:
+        mult = res.columns.get("size_multiplier")
+        if mult is None:
+            usable = np.zeros(n, dtype=bool)
+        else:
+            usable = usable & np.isfinite(mult) & (mult >= 0.0) & (mult <= 1.0)
+    score = np.where(usable, res.score, 0.0)
+    conf = np.where(usable, res.confidence, 0.0)
+    return AgentSeries(
+        name, score, conf, usable, res.status, res.reason, need, took,
+        columns={k_: np.asarray(v) for k_, v in res.columns.items()},
+    )  # fmt: skip
 
 
 # -- phase 2: the decision before the risk verdict -------------------------------------------

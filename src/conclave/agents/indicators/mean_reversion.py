@@ -123,8 +123,37 @@ def adf(y: F64, w: int, lags: int = 0) -> tuple[F64, F64]:
 def adf_last(y: F64, w: int, lags: int = 0) -> tuple[float, float]:
     """`adf` at the last bar only, bit for bit (``y`` holds at least ``w + lags + 1`` values)."""
     tail = _f64(y[y.shape[0] - (w + lags + 1) :])
-    t, gamma = _ols_t(_reduce(_columns(tail, lags), w, _add), w, lags)
-    return float(t[0]), float(gamma[0])
+    return _ols_t1(_reduce(_columns(tail, lags), w, _add).ravel().tolist(), w, lags)
+
+
+def _ols_t1(sums: list[float], w: int, lags: int) -> tuple[float, float]:
+    """`_ols_t` of one bar on plain floats: the same operations in the same order (Python
+    floats round as numpy's elementwise float64; ``math.sqrt`` is correctly rounded as
+    ``np.sqrt``), each ``np.where`` taken as the branch it selects."""
+    q = lags + 2
+    raw: dict[tuple[int, int], float] = {}
+    k = q
+    for i in range(q):
+        for j in range(i, q):
+            raw[i, j] = sums[k]
+            k += 1
+    cm = {ij: raw[ij] - sums[ij[0]] * sums[ij[1]] / w for ij in raw}
+    for p in range(lags):
+        ok = cm[p, p] > _TOL * raw[p, p]
+        piv = cm[p, p] if ok else 1.0
+        for i in range(p + 1, q):
+            f = cm[p, i] / piv if ok else 0.0
+            for j in range(i, q):
+                cm[i, j] = cm[i, j] - f * cm[p, j]
+    x, yx = lags, lags + 1
+    a, b, c = cm[x, x], cm[x, yx], cm[yx, yx]
+    live = a > _TOL * raw[x, x]
+    gamma = b / a if live else math.nan
+    ssr = c - b * gamma
+    live = live and ssr > _TOL * raw[yx, yx]
+    if not live:
+        return math.nan, gamma
+    return gamma / math.sqrt(ssr / (w - q) / a), gamma
 
 
 def half_life(beta: F64) -> F64:
