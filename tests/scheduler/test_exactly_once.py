@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import subprocess
+import os
 import sys
+import time
 from pathlib import Path
 
 from conclave.scheduler import Job, Scheduler, SlotClaims
 from conclave.store import RunStore
 from tests.scheduler.conftest import DAY0, FakeClock, Recorder, jobs_of
+from tests.security.procs import started
 from tests.store.conftest import Target
 
 JOB = Job("paper-1", "BTCUSDT", "1m")
+#: Seconds the three scheduler processes may take in all: liveness, not speed (a loaded
+#: machine, e.g. both cores busy, takes a few times the quiet 15 s).
+LIVENESS_S = 120.0
 
 
 async def test_three_schedulers_over_ten_slots_run_exactly_ten_times(target: Target) -> None:
@@ -26,7 +32,7 @@ async def test_three_schedulers_over_ten_slots_run_exactly_ten_times(target: Tar
             Scheduler(SlotClaims(s.engine, s.backend), r, jobs=jobs_of(JOB), now_ms=clock)
             for s, r in zip(stores, recorders, strict=True)
         ]
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(LIVENESS_S):
             for _ in range(10):
                 for _ in range(2):  # a second pass finds nothing due
                     await asyncio.gather(*(s.run_due_once() for s in schedulers))
@@ -69,7 +75,10 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 
 
 def test_three_scheduler_processes_over_ten_slots_run_exactly_ten_times(tmp_path: Path) -> None:
-    """Three real processes on one SQLite file, stepping through the same ten slots."""
+    """H1 (pass figure: exactly 10 runs): three real processes on one SQLite file, stepping
+    through the same ten slots. Each process is owned by `started` (stopped by its PID,
+    also when the test fails); they must finish within `LIVENESS_S`, a bound on liveness,
+    not speed (about 15 s on a quiet two-core machine)."""
 
     async def migrate() -> None:
         await (await RunStore.open(None, data_dir=tmp_path)).aclose()
@@ -77,11 +86,13 @@ def test_three_scheduler_processes_over_ten_slots_run_exactly_ten_times(tmp_path
     asyncio.run(migrate())  # once up front, so the processes race on slots only
     root = Path(__file__).resolve().parents[2]
     cmd = [sys.executable, "-c", _PROCESS, str(tmp_path), str(DAY0 + 1000)]
-    procs = [subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE) for _ in range(3)]
-    outs = []
-    for p in procs:
-        out, _ = p.communicate(timeout=30)
-        assert p.returncode == 0
-        outs.append(json.loads(out.decode().strip().splitlines()[-1]))
+    logs = [tmp_path / f"scheduler-{i}.log" for i in range(3)]
+    with contextlib.ExitStack() as stack:
+        procs = [stack.enter_context(started(cmd, os.environ.copy(), root, log)) for log in logs]
+        deadline = time.monotonic() + LIVENESS_S
+        for proc, log in zip(procs, logs, strict=True):
+            code = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            assert code == 0, log.read_text()[-2000:]
+    outs = [json.loads(log.read_text().strip().splitlines()[-1]) for log in logs]
     slots = [s for out in outs for s in out]
     assert sorted(slots) == [DAY0 - 60_000 + i * 60_000 for i in range(10)]

@@ -1,4 +1,5 @@
-"""G1-G3: an Idempotency-Key maps to exactly one run; claims are safe under concurrency."""
+"""G1-G4: an Idempotency-Key maps to exactly one run; claims are safe under concurrency;
+a claim left by a crash is abandoned, never run twice."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from conclave.errors import InvalidRequestError, StoreRejectedError
 from conclave.store import IdempotencyClaim, RunStore
+from conclave.store.idempotency import ABANDONED_REASON, abandon_stale_keys
 from tests.store.conftest import Target, fresh, rows_of
 
 
@@ -61,25 +64,58 @@ async def test_a_key_never_claimed_is_recorded_by_save_and_never_reused(
     assert await store.claim_idempotency_key("k4", "h") == replay
 
 
-async def test_a_stale_claim_is_taken_over_and_the_late_owner_cannot_save(
+async def test_a_stale_claim_is_abandoned_never_run_again_and_the_late_owner_cannot_save(
     target: Target, store: RunStore, sim_wire: dict[str, Any]
 ) -> None:
-    """After the staleness limit another caller owns the key; the original owner's late
-    save is refused and rolled back, so exactly one run is recorded under the key."""
+    """G4: past the staleness limit a pending claim is closed as ``abandoned`` with its
+    reason, not taken over: every later claim of the key answers ``abandoned`` (0 second
+    executions), and the original owner's late save is refused and rolled back."""
     late = await target.open(stale_claim_s=0.0)
     try:
         assert (await store.claim_idempotency_key("k5", "h")).kind == "new"
-        assert (await late.claim_idempotency_key("k5", "h")).kind == "new"  # taken over
-        original, retried = fresh(sim_wire), fresh(sim_wire)
+        assert await late.claim_idempotency_key("k5", "h") == IdempotencyClaim("abandoned")
+        assert await late.claim_idempotency_key("k5", "h") == IdempotencyClaim("abandoned")
+        assert await store.claim_idempotency_key("k5", "h") == IdempotencyClaim("abandoned")
+        assert (await store.claim_idempotency_key("k5", "h2")).kind == "conflict"
+        original = fresh(sim_wire)
         with pytest.raises(StoreRejectedError):
             await store.save_run(original, idempotency_key="k5", request_hash="h")
         assert (await rows_of(store, original["runId"]))["runs"] == 0
         await store.release_idempotency_key("k5")  # the late owner's release is a no-op
-        await late.save_run(retried, idempotency_key="k5", request_hash="h")
-        claim = await store.claim_idempotency_key("k5", "h")
-        assert claim == IdempotencyClaim("replay", retried["runId"])
+        async with store.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text("SELECT state, reason, run_id, completed_at FROM idempotency_keys"
+                         " WHERE idem_key = 'k5'")
+                )
+            ).one()  # fmt: skip
+        assert row.state == "abandoned"
+        assert row.reason == ABANDONED_REASON
+        assert row.run_id is None
+        assert row.completed_at is not None
     finally:
         await late.aclose()
+
+
+async def test_the_sweep_abandons_only_stale_pending_claims(
+    target: Target, store: RunStore, sim_wire: dict[str, Any]
+) -> None:
+    """G4: `abandon_stale_keys` closes pending claims past the limit, once, and leaves
+    fresh claims, completed keys and claims younger than the limit alone."""
+    assert (await store.claim_idempotency_key("old", "h")).kind == "new"
+    done = fresh(sim_wire)
+    await store.save_run(done, idempotency_key="done", request_hash="h")
+    await asyncio.sleep(0.3)
+    assert (await store.claim_idempotency_key("young", "h")).kind == "new"
+    async with store.engine.connect() as conn, conn.begin():
+        assert await abandon_stale_keys(conn, stale_after_s=0.25) == ["old"]
+    async with store.engine.connect() as conn, conn.begin():
+        assert await abandon_stale_keys(conn, stale_after_s=0.25) == []  # closed once
+    assert await store.claim_idempotency_key("old", "h") == IdempotencyClaim("abandoned")
+    assert await store.claim_idempotency_key("young", "h") == IdempotencyClaim("in_progress")
+    assert await store.claim_idempotency_key("done", "h") == IdempotencyClaim(
+        "replay", done["runId"]
+    )
 
 
 async def test_twenty_concurrent_claims_of_one_key_give_exactly_one_owner(

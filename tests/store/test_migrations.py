@@ -31,7 +31,7 @@ async def test_open_migrates_an_empty_database_to_head(target: Target) -> None:
     """A database with no tables ends at the package's head revision with every table."""
     store = await target.open()
     try:
-        assert head_revision() == "0004"
+        assert head_revision() == "0005"
         assert await current_revision(store.engine) == head_revision()
         async with store.engine.connect() as conn:
             assert await conn.run_sync(_tables) == TABLES

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
@@ -16,9 +17,13 @@ import pytest
 
 from conclave.errors import StoreUnavailableError
 from conclave.store import RunStore
+from tests.security.procs import started
 from tests.store.conftest import fresh, rows_of
 
 DB_FILE = "conclave.db"
+ROOT = Path(__file__).resolve().parents[2]
+#: Seconds a group of writer processes may take: liveness, not speed.
+LIVENESS_S = 120.0
 
 
 async def test_the_default_database_is_a_wal_file_under_data_dir(tmp_path: Path) -> None:
@@ -68,6 +73,18 @@ asyncio.run(main())
 """
 
 
+def _run_all(args: list[str], n: int, log_dir: Path) -> tuple[list[int], list[str]]:
+    """Run ``n`` copies of ``args`` at once, each owned by `started` (stopped by its PID
+    also when the test fails); their exit codes and output. They must all exit within
+    `LIVENESS_S`, a bound on liveness, not speed."""
+    logs = [log_dir / f"proc-{i}.log" for i in range(n)]
+    with contextlib.ExitStack() as stack:
+        procs = [stack.enter_context(started(args, os.environ.copy(), ROOT, log)) for log in logs]
+        deadline = time.monotonic() + LIVENESS_S
+        codes = [p.wait(timeout=max(0.1, deadline - time.monotonic())) for p in procs]
+    return codes, [log.read_text()[-2000:] for log in logs]
+
+
 def test_two_processes_saving_concurrently_all_land(
     tmp_path: Path, sim_wire: dict[str, Any]
 ) -> None:
@@ -75,9 +92,8 @@ def test_two_processes_saving_concurrently_all_land(
     wire_file = tmp_path / "wire.json"
     wire_file.write_text(json.dumps(sim_wire))
     args = [sys.executable, "-c", _WRITER, str(tmp_path), str(wire_file), "25"]
-    procs = [subprocess.Popen(args, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    errors = [p.communicate(timeout=60)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], errors
+    codes, errors = _run_all(args, 2, tmp_path)
+    assert codes == [0, 0], errors
     with sqlite3.connect(tmp_path / DB_FILE) as conn:
         runs = conn.execute("SELECT count(*) FROM runs").fetchone()[0]
         steps = conn.execute("SELECT count(*) FROM run_steps").fetchone()[0]
@@ -108,9 +124,8 @@ def test_processes_opening_one_new_file_together_all_start(tmp_path: Path) -> No
         data_dir = tmp_path / f"round{round_}"
         data_dir.mkdir()
         args = [sys.executable, "-c", _OPENER, str(data_dir)]
-        procs = [subprocess.Popen(args, stderr=subprocess.PIPE, text=True) for _ in range(4)]
-        errors = [p.communicate(timeout=60)[1] for p in procs]
-        assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+        codes, errors = _run_all(args, 4, data_dir)
+        assert codes == [0, 0, 0, 0], errors
         with sqlite3.connect(data_dir / DB_FILE) as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
             assert conn.execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 1

@@ -18,15 +18,25 @@ One pass over a job (`Scheduler.run_job`):
 5. execute the run as of the slot's close and record ``ok`` (with the run id) or ``failed``.
 
 `Scheduler.run_due_once` does one pass over every job (``conclave scheduler --once``);
-`Scheduler.serve_forever` repeats passes, sleeping until the next slot of any job.
+`Scheduler.serve_forever` repeats passes, sleeping until the next slot of any job (at most
+``poll_s``).
+
+Crash recovery (G4): every pass first closes the slots and idempotency claims left
+``pending`` for ``stale_after_s`` by a process that died (`SlotClaims.recover`) as
+``abandoned``, with the reason; they are never run again (the slot stays claimed, so step
+2 never finds it due); `serve_forever` sweeps at most once a second. With the limit
+`conclave.services.execute` sets (the run deadline plus 25 s) and passes at least every
+``poll_s`` = 30 s, a crashed slot or request is closed within the run deadline plus 56 s.
 
 Metrics: each claimed slot's lag (its close to the start of its run), and slots by outcome
-(``ok``, ``failed``, ``error``, ``claimed_elsewhere``; ``missed`` counts the coalesced ones).
+(``ok``, ``failed``, ``error``, ``claimed_elsewhere``, ``abandoned``; ``missed`` counts the
+coalesced ones).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -34,13 +44,17 @@ from typing import Literal
 import structlog
 
 from conclave.observability.metrics import SCHEDULER_SLOT_LAG, SCHEDULER_SLOTS
-from conclave.scheduler.claims import SlotClaims
+from conclave.scheduler.claims import Recovered, SlotClaims
 from conclave.scheduler.jobs import Job, Slot, due_slot, missed_between, next_fire_ms
 from conclave.scheduler.watchdog import Watchdog, WatchedJob
 
 log = structlog.get_logger(__name__)
 
 OutcomeStatus = Literal["ok", "failed", "not_due", "claimed_elsewhere", "busy", "error"]
+#: Default staleness limit: the default run deadline (10 s) plus a margin for saving.
+STALE_AFTER_S = 35.0
+#: `serve_forever` sweeps stale claims at most this often (seconds, monotonic clock).
+RECOVER_EVERY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +89,8 @@ class Scheduler:
     ``now_ms`` is the clock (ms UTC) and ``sleep`` the way to wait (seconds); both are
     injected so tests can drive simulated days. ``offset_s`` is the wait after each close;
     ``poll_s`` the longest sleep, so jobs added through the API are seen promptly.
+    ``stale_after_s`` is how long a claim may stay pending before it is closed as
+    abandoned; it must exceed the longest a live run can take (the run deadline).
     """
 
     def __init__(
@@ -88,8 +104,10 @@ class Scheduler:
         offset_s: float = 1.0,
         poll_s: float = 30.0,
         watchdog: Watchdog | None = None,
+        stale_after_s: float = STALE_AFTER_S,
     ) -> None:
         self.claims = claims
+        self.stale_after_s = stale_after_s
         self.execute = execute
         self.job_source = jobs
         self.now_ms = now_ms
@@ -99,6 +117,7 @@ class Scheduler:
         self.watchdog = watchdog
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: dict[str, asyncio.Task[Outcome]] = {}
+        self._recovered_at = -RECOVER_EVERY_S
 
     async def jobs(self) -> list[Job]:
         """The current jobs, each once."""
@@ -152,8 +171,23 @@ class Scheduler:
                  run_id=result.run_id, status=status)  # fmt: skip
         return Outcome(job.id, status, slot, result.run_id, result.reason)
 
+    async def recover(self) -> Recovered | None:
+        """Close stale pending slots and idempotency claims as abandoned (see the module
+        docstring); None when the store could not be used (the next pass tries again)."""
+        try:
+            found = await self.claims.recover(stale_after_s=self.stale_after_s)
+        except Exception as exc:  # the store being down must not stop the scheduler
+            log.warning("scheduler_recover_failed", error=type(exc).__name__)
+            return None
+        if found.slots:
+            SCHEDULER_SLOTS.labels("abandoned").inc(len(found.slots))
+        if found.slots or found.keys:
+            log.warning("abandoned_after_crash", slots=found.slots, keys=len(found.keys))
+        return found
+
     async def run_due_once(self) -> list[Outcome]:
-        """One pass over every job, concurrently; what each did."""
+        """Recover, then one pass over every job, concurrently; what each did."""
+        await self.recover()
         jobs = await self.jobs()
         now = self.now_ms()
         return list(await asyncio.gather(*(self.run_job(job, now) for job in jobs)))
@@ -193,6 +227,9 @@ class Scheduler:
                 except Exception as exc:  # e.g. the store is down: retry at the next poll
                     log.warning("scheduler_jobs_unavailable", error=type(exc).__name__)
                     jobs = []
+                if time.monotonic() - self._recovered_at >= RECOVER_EVERY_S:
+                    self._recovered_at = time.monotonic()
+                    await self.recover()
                 self.start_due(jobs)
                 await self._report(jobs)
                 await self._sleep_or_stop(self.seconds_to_next(jobs), stop)

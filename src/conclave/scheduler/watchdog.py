@@ -6,6 +6,9 @@ is ``stalled`` when its newest successful slot closed more than ``intervals`` ba
 the offset) before now, or, when it never succeeded, when that long has passed since it
 was added (or since the watchdog started watching, for jobs from settings). Any stalled job
 makes the report ``degraded`` and names it. Times come from the injected clock.
+
+Each job also shows its newest ``abandoned`` slot (G4: a scheduler died mid-run; the slot
+is closed, not re-run) so the user sees what a crash cost.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from conclave.scheduler.claims import SlotClaims
+from conclave.scheduler.claims import SlotClaims, SlotRecord
 from conclave.scheduler.jobs import Job
 from conclave.timeframes import iso_ms
 
@@ -52,11 +55,13 @@ class Watchdog:
         """``{"status": "ok"|"degraded", "stalled": [ids], "jobs": [...]}`` for ``jobs``.
 
         Each job entry has ``id``, ``status`` (``ok`` or ``stalled``), ``lastSuccessAt``
-        (the close of its newest successful slot, ISO UTC, or None) and ``overdueSince``.
+        (the close of its newest successful slot, ISO UTC, or None), ``overdueSince`` and
+        ``lastAbandoned`` (``{"slotOpenAt", "reason"}`` of its newest abandoned slot, or None).
         Raises whatever the store raises; the caller reports that as its own dependency.
         """
         watched = [w if isinstance(w, WatchedJob) else WatchedJob(w, self.started_ms) for w in jobs]
         last_ok = await self.claims.last_ok(w.job.id for w in watched)
+        abandoned = await self.claims.last_abandoned(w.job.id for w in watched)
         now = self.now_ms()
         entries: list[dict[str, Any]] = []
         stalled: list[str] = []
@@ -74,6 +79,13 @@ class Watchdog:
                     "status": "stalled" if late else "ok",
                     "lastSuccessAt": None if ok_open is None else iso_ms(tf.close_time(ok_open)),
                     "overdueSince": iso_ms(deadline) if late else None,
+                    "lastAbandoned": _abandoned(abandoned.get(w.job.id)),
                 }
             )
         return {"status": "degraded" if stalled else "ok", "stalled": stalled, "jobs": entries}
+
+
+def _abandoned(record: SlotRecord | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    return {"slotOpenAt": iso_ms(record.slot_ms), "reason": record.error}

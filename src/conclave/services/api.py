@@ -8,7 +8,8 @@ Endpoints (ARCHITECTURE.md, "Orchestrator"):
   before any I/O (E4). An ``Idempotency-Key`` header makes retries safe (G1-G3): the same
   key and body answer the stored run (200, ``Idempotent-Replayed: true``) without running
   again; the same key with another body is 422; the same key while its run is still going
-  is 409. An ``accountId`` must name a paper account (404). With only ``accountId`` (the
+  is 409, and so is a key whose request was cut short by a crash (``abandoned``, never run
+  again, G4). An ``accountId`` must name a paper account (404). With only ``accountId`` (the
   seed's request) each of the account's markets runs: 201 ``{"accountId", "runs"}``
   (`conclave.services.account_runs`).
 - ``GET /pipeline/runs?accountId&symbol&status&limit&offset``: one page, newest first,
@@ -108,7 +109,7 @@ def store_errors() -> tuple[type[Exception], ...]:
 
 
 async def _on_store_rejected(request: Request, exc: Exception) -> Response:
-    # e.g. the run's idempotency key was taken over by a retry after it went stale
+    # e.g. the run's idempotency key was closed as abandoned while it still ran (G4)
     log.warning("store_rejected", path=request.url.path, error=str(exc))
     return error_response(409, "store_rejected", "the run could not be recorded: " + str(exc))
 
@@ -213,7 +214,7 @@ def create_app(
                 404,
                 409,
                 e404="accountId names no account",
-                e409="same Idempotency-Key still running, or not recordable",
+                e409="same Idempotency-Key still running or abandoned, or not recordable",
             ),
             **error_responses(*BODY_ERRORS, *KEY_ERRORS, 503, e503="the run store is "
                               "unavailable, or api.max_runs_in_flight runs are in progress "
@@ -335,6 +336,14 @@ async def _execute(runtime: Runtime, body: Any, key: str | None) -> Response:
         try:
             run = await runtime.run(
                 body.account_id, body.symbol, body.timeframe, use_http=body.use_http_agents
+        if claim.kind == "abandoned":  # G4: cut short by a crash, never run a second time
+            raise ApiError(
+                409,
+                "idempotency_key_abandoned",
+                "the request with this Idempotency-Key stopped before its run was saved and"
+                " is not run again; send a new Idempotency-Key",
+                field="Idempotency-Key",
+            )
             )
         except TimeoutError:
             raise _unavailable("the run passed its deadline; retry later") from None

@@ -144,4 +144,5 @@ def build_scheduler(
         offset_s=cfg.offset_s,
         poll_s=cfg.poll_s,
         watchdog=watchdog,
+        stale_after_s=settings.pipeline.run_deadline_s + 25.0,  # a live run ends by then
     )

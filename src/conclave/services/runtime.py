@@ -55,7 +55,7 @@ class IdempotencyClaimLike(Protocol):
 
     @property
     def kind(self) -> str:
-        """``new``, ``replay``, ``conflict`` or ``in_progress``."""
+        """``new``, ``replay``, ``conflict``, ``in_progress`` or ``abandoned``."""
         ...
 
     @property

@@ -5,9 +5,16 @@ before it is saved. The primary key on the key makes concurrent claims safe acro
 processes: one ``INSERT ... ON CONFLICT DO NOTHING`` wins, every other caller reads the
 winner's row. Ages are measured with the database's clock, never the caller's.
 
-Each claim carries an ``attempt`` number. Taking over a stale claim bumps it, so the late
-original owner can neither complete nor release the key afterwards: its save is refused
-and rolled back with its run, and exactly one run stays recorded under the key.
+A pending claim older than the staleness limit belongs to a process that died mid-run (a
+live run ends by its deadline, well inside the limit). It is closed as ``abandoned`` with
+its reason, never taken over: running the request again could execute it twice, which G4
+forbids. The same key then answers ``abandoned`` for good; the client needs a new key.
+`abandon_stale_keys` closes every such claim at once (the scheduler's pass calls it), so a
+crashed request reaches its final state even if nobody retries it.
+
+Each claim carries an ``attempt`` number that its owner must present to complete or
+release it, so a late owner (alive past the limit) can neither complete nor release an
+abandoned key: its save is refused and rolled back with its run.
 """
 
 from __future__ import annotations
@@ -23,15 +30,24 @@ from conclave.errors import InvalidRequestError, StoreRejectedError
 from conclave.store.engine import Backend, as_utc, utcnow
 from conclave.store.models import MAX_KEY_LENGTH, idempotency_keys
 
-ClaimKind = Literal["new", "replay", "conflict", "in_progress"]
-PENDING, COMPLETED = "pending", "completed"
+ClaimKind = Literal["new", "replay", "conflict", "in_progress", "abandoned"]
+PENDING, COMPLETED, ABANDONED = "pending", "completed", "abandoned"
+#: Why a stale claim was closed (stored on the key).
+ABANDONED_REASON = (
+    "the process running this request stopped before saving its run (no answer within the"
+    " staleness limit); the request is not run again: retry with a new Idempotency-Key"
+)
 _keys = idempotency_keys.c
 _CLAIM_COLUMNS = (_keys.request_hash, _keys.state, _keys.run_id, _keys.attempt, _keys.claimed_at)
 
 
 @dataclass(frozen=True, slots=True)
 class IdempotencyClaim:
-    """What claiming a key found: ``kind`` and, for ``replay``, the stored ``run_id``."""
+    """What claiming a key found: ``kind`` and, for ``replay``, the stored ``run_id``.
+
+    ``abandoned``: the request under this key was cut short by a crash and is closed; it
+    is never run a second time.
+    """
 
     kind: ClaimKind
     run_id: str | None = None
@@ -75,17 +91,40 @@ async def claim_key(
         return IdempotencyClaim("conflict"), row.attempt
     if row.state == COMPLETED:
         return IdempotencyClaim("replay", row.run_id), row.attempt
+    if row.state == ABANDONED:
+        return IdempotencyClaim("abandoned"), row.attempt
     age_s = (as_utc(row.now) - as_utc(row.claimed_at)).total_seconds()
     if age_s < stale_after_s:
         return IdempotencyClaim("in_progress"), row.attempt
-    takeover = (
+    await _abandon(conn, key, row.attempt)
+    return IdempotencyClaim("abandoned"), row.attempt
+
+
+async def _abandon(conn: AsyncConnection, key: str, attempt: int) -> bool:
+    close = (
         idempotency_keys.update()
-        .where(_keys.idem_key == key, _keys.state == PENDING, _keys.attempt == row.attempt)
-        .values(attempt=row.attempt + 1, claimed_at=utcnow())
+        .where(_keys.idem_key == key, _keys.state == PENDING, _keys.attempt == attempt)
+        .values(state=ABANDONED, reason=ABANDONED_REASON, completed_at=utcnow())
     )
-    if await _rowcount(conn, takeover) == 1:
-        return IdempotencyClaim("new"), row.attempt + 1
-    return IdempotencyClaim("in_progress"), row.attempt
+    return await _rowcount(conn, close) == 1
+
+
+async def abandon_stale_keys(conn: AsyncConnection, *, stale_after_s: float) -> list[str]:
+    """Close every pending claim older than ``stale_after_s`` (database clock) as
+    ``abandoned`` inside the caller's write transaction; the keys closed."""
+    rows = (
+        await conn.execute(
+            select(_keys.idem_key, _keys.attempt, _keys.claimed_at, utcnow().label("now")).where(
+                _keys.state == PENDING
+            )
+        )  # no row locks: each close below is conditional on the claim being unchanged
+    ).all()
+    closed = []
+    for row in rows:
+        age_s = (as_utc(row.now) - as_utc(row.claimed_at)).total_seconds()
+        if age_s >= stale_after_s and await _abandon(conn, row.idem_key, row.attempt):
+            closed.append(str(row.idem_key))
+    return closed
 
 
 async def complete_key(
@@ -101,7 +140,7 @@ async def complete_key(
 
     Completes the pending claim (of ``attempt`` when the caller knows it, with
     ``request_hash`` when given); a key never claimed is inserted completed. Raises
-    `StoreRejectedError` when the key is completed already or was taken over, so the
+    `StoreRejectedError` when the key is completed already or was abandoned, so the
     caller's transaction (and the run in it) rolls back.
     """
     conditions = [_keys.idem_key == key, _keys.state == PENDING]

@@ -5,7 +5,8 @@ missing agents for filtering), one row per agent in ``run_steps`` and one row in
 ``decisions``. JSON columns hold what has no fixed shape (payload, meta, contributions);
 ``extra`` keeps any wire key this schema does not know yet, so a stored run reads back
 exactly as it was saved. ``idempotency_keys`` maps an ``Idempotency-Key`` to the hash of the
-request that claimed it and, once saved, to its run (RELIABILITY.md G1-G3).
+request that claimed it and, once saved, to its run (RELIABILITY.md G1-G3); a claim whose
+process died before saving ends ``abandoned`` with its ``reason`` (G4, migration 0005).
 
 The migrations under ``migrations/versions`` create exactly these tables; a test compares
 them so the two cannot drift.
@@ -117,7 +118,8 @@ idempotency_keys = Table(
     Column("run_id", String(64), ForeignKey("runs.run_id")),
     Column("claimed_at", DateTime(timezone=True), nullable=False),
     Column("completed_at", DateTime(timezone=True)),
-    CheckConstraint("state IN ('pending', 'completed')", name="state"),
+    Column("reason", Text),
+    CheckConstraint("state IN ('pending', 'completed', 'abandoned')", name="state"),
 )
 
 # -- paper accounts (migration 0002) -----------------------------------------------------
@@ -228,7 +230,8 @@ risk_events = Table(
 # stored). ``scheduled_slots`` records each (job, slot) the scheduler claimed: the unique
 # constraint on the pair is what makes a slot run exactly once across processes (H1);
 # ``missed`` is how many earlier slots a catch-up run replaced (H3), ``attempts`` how many
-# scheduler instances tried to claim the slot.
+# scheduler instances tried to claim the slot; a slot whose scheduler died mid-run ends
+# ``abandoned`` with the reason in ``error`` (G4, migration 0005).
 
 scheduler_jobs = Table(
     "scheduler_jobs",
@@ -254,7 +257,7 @@ scheduled_slots = Table(
     Column("claimed_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True)),
     UniqueConstraint("job_id", "slot_ms"),
-    CheckConstraint("status IN ('pending', 'ok', 'failed')", name="status"),
+    CheckConstraint("status IN ('pending', 'ok', 'failed', 'abandoned')", name="status"),
     Index(None, "job_id", "status", "slot_ms"),
 )
 

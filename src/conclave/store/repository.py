@@ -98,7 +98,7 @@ class RunStore:
         (``postgresql+asyncpg://``, ``postgresql://`` or ``postgres://``) or an SQLite one
         (``sqlite+aiosqlite:///path``). ``schema`` (PostgreSQL only) is created if needed
         and used as the search path. A pending idempotency claim older than
-        ``stale_claim_s`` may be taken over. Raises `ConfigurationError` for a bad URL and
+        ``stale_claim_s`` is closed as abandoned. Raises `ConfigurationError` for a bad URL and
         `StoreUnavailableError` when the database cannot be reached.
         """
         url, backend = resolve_url(database_url, data_dir)
@@ -277,8 +277,9 @@ class RunStore:
         ``new``: the caller owns the key and must save the run (with the key) or release
         it; ``replay``: done before with the same hash, ``run_id`` names the run;
         ``conflict``: the key was used with another body (422); ``in_progress``: the same
-        request still runs (409). A pending claim older than ``stale_claim_s`` is taken
-        over (``new``). Safe under concurrency across processes (a unique key).
+        request still runs (409); ``abandoned``: a pending claim older than
+        ``stale_claim_s`` (its process died mid-run), closed for good and never run again
+        (G4). Safe under concurrency across processes (a unique key).
         """
         check_key(key)
         async with self._write() as conn:
@@ -301,7 +302,7 @@ class RunStore:
     async def release_idempotency_key(self, key: str) -> None:
         """Forget this store's pending claim of ``key`` (the run failed before it was saved).
 
-        A completed key, or a claim another caller has taken over, is left alone.
+        A completed key, or a claim closed as abandoned, is left alone.
         """
         check_key(key)
         attempt = self._claims.pop(key, None)
