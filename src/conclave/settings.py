@@ -184,7 +184,7 @@ class ApiSettings(_Section):
     #: seconds a request's body may take to arrive; then 408 and the connection closes
     body_timeout_s: float = Field(10.0, gt=0, le=300)
     #: runs served at once by one process; one more is refused 503 at once (RELIABILITY F2)
-    max_runs_in_flight: int = Field(32, ge=1, le=10_000)
+    max_runs_in_flight: int = Field(64, ge=1, le=10_000)
 
 
 class PipelineSettings(_Section):
