@@ -129,6 +129,23 @@ async def test_memory_cache_evicts_the_least_recently_used_beyond_its_bound() ->
     assert await cache.get("c") is not None
 
 
+async def test_memory_cache_holds_no_dead_windows_once_they_expire() -> None:
+    """F3: keys name a window's end, so an expired one is never asked for again; setting
+    a new entry drops the expired ones at the old end instead of keeping them until the
+    bound (the soak's orchestrator grew 8 MB/h that way). A live entry stays."""
+    clock = FakeClock()
+    cache = MemoryCache(512, clock=clock)
+    for minute in range(100):  # a new 1m window a minute, each cached for 30 s
+        await cache.set(f"BTCUSDT:1m:{minute}", bars(3), ttl_s=30)
+        clock.now += 60
+    assert len(cache) == 1
+    await cache.set("live", bars(3), ttl_s=3600)
+    clock.now += 60
+    await cache.set("next", bars(3), ttl_s=30)
+    assert await cache.get("live") is not None
+    assert len(cache) == 2  # the live entry and the newest; every dead window is gone
+
+
 @pytest.mark.parametrize("optional", [False, True])
 @pytest.mark.parametrize("n", [0, 1, 500])
 def test_binary_encoding_round_trips_every_column_and_label(n: int, optional: bool) -> None:
