@@ -322,6 +322,14 @@ async def _execute(runtime: Runtime, body: Any, key: str | None) -> Response:
             stored = await store.get_run(claim.run_id)
             if stored is not None:
                 return json_response(stored, 200, {"Idempotent-Replayed": "true"})
+        if claim.kind == "abandoned":  # G4: cut short by a crash, never run a second time
+            raise ApiError(
+                409,
+                "idempotency_key_abandoned",
+                "the request with this Idempotency-Key stopped before its run was saved and"
+                " is not run again; send a new Idempotency-Key",
+                field="Idempotency-Key",
+            )
         if claim.kind != "new":
             err = ApiError(
                 409,
@@ -336,14 +344,6 @@ async def _execute(runtime: Runtime, body: Any, key: str | None) -> Response:
         try:
             run = await runtime.run(
                 body.account_id, body.symbol, body.timeframe, use_http=body.use_http_agents
-        if claim.kind == "abandoned":  # G4: cut short by a crash, never run a second time
-            raise ApiError(
-                409,
-                "idempotency_key_abandoned",
-                "the request with this Idempotency-Key stopped before its run was saved and"
-                " is not run again; send a new Idempotency-Key",
-                field="Idempotency-Key",
-            )
             )
         except TimeoutError:
             raise _unavailable("the run passed its deadline; retry later") from None

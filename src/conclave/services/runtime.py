@@ -35,6 +35,7 @@ from conclave.agents.registry import Registry
 from conclave.market.cache import CandleCache, make_cache
 from conclave.market.gateway import MarketGateway
 from conclave.market.sources import CandleSource, open_source
+from conclave.news.sources import NewsSource, open_news_source
 from conclave.pipeline import AgentRunner, Pipeline, PipelineRun
 from conclave.pipeline.breaker import CircuitBreaker
 from conclave.pipeline.runners import RUN_DEADLINE_MS
@@ -203,6 +204,9 @@ class Runtime:
         self._pipelines: dict[frozenset[str], Pipeline] = {}
         self._on_close = on_close
         # paper accounts over the run store (None for a store that is not the real one)
+        # headlines for news-sentiment (CONCLAVE_NEWS__SOURCE); none: it answers no_data
+        news = settings.news.source
+        self.news_source: NewsSource | None = open_news_source(news) if news else None
         self.accounts = open_accounts(store)
         self.account_reader = StoreAccountReader(self.accounts) if self.accounts else None
         if self.settings.metrics.enabled:
@@ -298,6 +302,7 @@ class Runtime:
                 executor=p.executor,
                 timeout_s=p.agent_timeout_s,
                 account_reader=self.account_reader,
+                news_source=self.news_source,
             )
         return pipeline
 
