@@ -76,6 +76,18 @@ def test_unknown_setting_stops_with_its_name_and_a_suggestion(
     assert "did you mean CONCLAVE_MARKET__BINANCE__BASE_URL" in str(err.value)
 
 
+def test_a_dotenv_shared_with_docker_compose_is_read(tmp_path: Path) -> None:
+    """One .env serves compose too: names other programs read (``POSTGRES_PASSWORD``) are
+    left to them, ours are read, and the unprefixed aliases (DATABASE_URL) still count."""
+    (tmp_path / ".env").write_text(
+        "POSTGRES_PASSWORD=pw\nCOMPOSE_PROJECT_NAME=conclave\nCONCLAVE_API__PORT=4100\n"
+        "DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/test\n"
+    )
+    s = load_settings()
+    assert s.api.port == 4100
+    assert s.database_url == "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+
+
 def test_unknown_setting_in_dotenv_stops(tmp_path: Path) -> None:
     """Unknown names in .env are caught as well."""
     (tmp_path / ".env").write_text("CONCLAVE_SOURCE=binance\n")

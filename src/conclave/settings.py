@@ -28,7 +28,12 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from conclave.errors import ConfigurationError, InvalidTimeframeError
 from conclave.timeframes import Timeframe
@@ -291,8 +296,50 @@ class SecuritySettings(_Section):
     redis_timeout_s: float = Field(0.25, gt=0)
 
 
+class _OwnNamesDotEnv(DotEnvSettingsSource):
+    """The ``.env`` file without the names other programs read from it: one ``.env`` serves
+    docker compose too (``POSTGRES_PASSWORD``), and those names are not ours to refuse.
+    Unknown ``CONCLAVE_*`` names are still refused (`check_unknown_names`)."""
+
+    def __call__(self) -> dict[str, Any]:
+        ours = {name.lower() for name in _field_names(self.settings_cls)}
+        return {k: v for k, v in super().__call__().items()
+                if k.lower() in ours or k.lower().startswith(PREFIX.lower())}  # fmt: skip
+
+
+def _field_names(cls: type[BaseSettings]) -> set[str]:
+    """Each field's name and every alias it is read under."""
+    names: set[str] = set()
+    for name, info in cls.model_fields.items():
+        names.add(name)
+        alias = info.validation_alias
+        if isinstance(alias, str):
+            names.add(alias)
+        elif isinstance(alias, AliasChoices):
+            names.update(c for c in alias.choices if isinstance(c, str))
+    return names
+
+
 class Settings(BaseSettings):
     """Everything configurable about Conclave; see the README for each name."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The usual sources, the ``.env`` file read through `_OwnNamesDotEnv`."""
+        assert isinstance(dotenv_settings, DotEnvSettingsSource)
+        dotenv = _OwnNamesDotEnv(
+            settings_cls,
+            env_file=dotenv_settings.env_file,
+            env_file_encoding=dotenv_settings.env_file_encoding,
+        )
+        return init_settings, env_settings, dotenv, file_secret_settings
 
     model_config = SettingsConfigDict(
         env_prefix=PREFIX,

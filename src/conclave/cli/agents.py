@@ -1,10 +1,12 @@
-"""``conclave agent serve`` and ``conclave agents start|stop|health``.
+"""``conclave agent serve`` and ``conclave agents start|stop|health|check``.
 
 ``agent serve NAME`` runs one agent's HTTP service in the foreground (uvicorn, the port from
 ``CONCLAVE_AGENTS__PORTS`` unless ``--port``). ``agents start`` runs the nine in the
 background, records them and waits for their health; ``agents stop`` stops exactly the
-recorded processes; ``agents health`` prints a table. Each exits non-zero when any agent
-failed or is down. Registered on the root app by `conclave.cli`.
+recorded processes; ``agents health`` prints a table; ``agents check URL`` runs the
+agent contract (`conclave.services.agent_contract`) against any service, in any language.
+Each exits non-zero when any agent failed, is down or breaks the contract. Registered on
+the root app by `conclave.cli`.
 """
 
 from __future__ import annotations
@@ -136,3 +138,46 @@ def health(
     down = [r.name for r in rows if r.status != "ok"]
     if down:
         fail(state.err, f"down: {', '.join(down)}", 1)
+
+
+@agents_cli.command("check")
+def check(
+    ctx: typer.Context,
+    url: Annotated[str, typer.Argument(help="The agent service, e.g. http://127.0.0.1:5003.")],
+    symbol: Annotated[str, typer.Option("--symbol", help="Symbol of the test runs.")] = "BTCUSDT",
+    timeframe: Annotated[str, typer.Option("--timeframe", help="Their timeframe.")] = "1h",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Check a running agent service, in any language, against the agent contract.
+
+    Calls are signed with CONCLAVE_AGENTS__SECRET when it is set (and unsigned calls must
+    then be refused); exit 0 when every check passes, 1 when one fails.
+    """
+    import json
+    from urllib.parse import urlsplit
+
+    from conclave.cli.common import run_or_fail
+    from conclave.services.agent_contract import check_agent
+
+    state: CliState = ctx.obj
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        fail(state.err, f"URL: expected http(s)://host:port, got {url!r}", 2)
+    settings = state.settings
+    checks = run_or_fail(state, check_agent(
+        url, settings, secret=settings.agents.secret, symbol=symbol, timeframe=timeframe,
+        now_ms=state.now_ms))  # fmt: skip
+    failed = [c.name for c in checks if c.outcome == "fail"]
+    if as_json:
+        rows = [{"check": c.name, "outcome": c.outcome, "detail": c.detail} for c in checks]
+        typer.echo(json.dumps({"url": url, "passed": not failed, "checks": rows}))
+    else:
+        table = Table(title=f"agent contract: {url}")
+        for col in ("check", "result", "detail"):
+            table.add_column(col, overflow="fold", no_wrap=col != "detail")
+        colour = {"pass": "green", "fail": "red", "skip": "yellow"}
+        for c in checks:
+            table.add_row(c.name, f"[{colour[c.outcome]}]{c.outcome}[/]", c.detail)
+        state.out.print(table)
+    if failed:
+        fail(state.err, f"failed: {', '.join(failed)}", 1)

@@ -11,7 +11,8 @@ service (`conclave.services.agent_health`); ``POST /run`` takes a context (see
   sends closed, fresh bars as of the run, so for it nothing is left out;
 - ids only: the service reads the data through its own `MarketGateway` (the configured
   source, behind the shared Redis cache when ``REDIS_URL`` is set), planned and assembled
-  exactly as the in-process `Pipeline` does: news when a source is configured (none yet),
+  exactly as the in-process `Pipeline` does: news when a source is configured
+  (``CONCLAVE_NEWS__SOURCE``),
   a fresh account when none is named, an unreadable one when one is named (no account
   store yet). ``asOf`` defaults to now, read at the edge of the app.
 
@@ -57,6 +58,7 @@ from conclave.market.cache import make_cache
 from conclave.market.gateway import MarketGateway
 from conclave.market.sources import open_source
 from conclave.market.validation import check_fresh, drop_unclosed
+from conclave.news.sources import open_news_source
 from conclave.observability.tracing import agent_compute, fastapi_options
 from conclave.pipeline.orchestrator import Pipeline
 from conclave.pipeline.wire import WireContext, WireError, decode_context
@@ -249,7 +251,10 @@ def create_agent_app(
             service.gateway = MarketGateway(
                 source, cache=cache, cache_ttl_s=settings.market.cache.ttl_s
             )
-        service.pipeline = Pipeline(service.gateway, registry=registry, executor="inline")
+        news = open_news_source(settings.news.source) if settings.news.source else None
+        service.pipeline = Pipeline(
+            service.gateway, registry=registry, executor="inline", news_source=news
+        )
         try:
             yield
         finally:
