@@ -30,6 +30,7 @@ FROM ${PYTHON_IMAGE} AS runtime
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    NUMBA_CACHE_DIR=/tmp/numba \
     HEALTHCHECK_URL=http://127.0.0.1:4000/health/live
 RUN groupadd --system --gid 10001 conclave \
     && useradd --system --uid 10001 --gid conclave --home-dir /app --no-create-home \
@@ -39,8 +40,9 @@ RUN groupadd --system --gid 10001 conclave \
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 USER 10001:10001
-# data/ holds SQLite (monolithic mode) and logs/ the service logs: the only writable paths,
-# so the root file system can be mounted read-only (Kubernetes: readOnlyRootFilesystem)
+# data/ holds SQLite (monolithic mode) and logs/ the service logs; /tmp holds numba's cache
+# of the compiled backtest loop (NUMBA_CACHE_DIR): the only writable paths, so the root
+# file system can be mounted read-only (Kubernetes: readOnlyRootFilesystem, /tmp an emptyDir)
 VOLUME ["/app/data"]
 EXPOSE 4000 5001-5009 3001 9464
 # the live probe of whichever role runs: set HEALTHCHECK_URL to its port (compose does)
