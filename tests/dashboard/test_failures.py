@@ -51,10 +51,29 @@ async def test_a_page_says_the_orchestrator_cannot_serve_and_why(
     assert '<meta http-equiv="refresh" content="5">' in page.text  # it retries by itself
 
 
-async def test_the_live_table_turns_into_the_banner_and_keeps_polling(
-    board: httpx2.AsyncClient,
-) -> None:
-    part = await board.get("/dashboard/partials/runs")
-    assert part.status_code == 200  # htmx swaps it in and polls on
-    assert 'id="down-banner"' in part.text
-    assert "the run store is unavailable" in part.text
+async def test_the_live_table_turns_into_the_banner_by_its_event_stream(tmp_path: Path) -> None:
+    """The Runs page's event stream (real uvicorn: a stream is never buffered) sends the
+    banner in place of the table, with the reconnect delay and the state's id."""
+    stub = Starlette(routes=[Route("/pipeline/runs", _unavailable)])
+    with served(stub) as api:
+        settings = Settings(_env_file=None, data_dir=tmp_path, dashboard={"api_url": api})
+        with served(create_dashboard(settings), lifespan="on") as board:
+            lines: list[str] = []
+            async with (
+                httpx2.AsyncClient(timeout=10, trust_env=False) as client,
+                client.stream("GET", board + "/dashboard/events/runs?v=x") as answer,
+            ):
+                assert answer.status_code == 200
+                assert answer.headers["content-type"].startswith("text/event-stream")
+                assert "default-src 'none'" in answer.headers["content-security-policy"]
+                async for line in answer.aiter_lines():
+                    lines.append(line)
+                    if line == "" and any(x.startswith("data:") for x in lines):
+                        break  # the first whole event
+    assert "retry: 1000" in lines
+    assert "event: runs" in lines
+    assert any(x.startswith("id: ") for x in lines)
+    data = "\n".join(x.removeprefix("data: ") for x in lines if x.startswith("data:"))
+    assert 'id="down-banner"' in data
+    assert "the run store is unavailable" in data
+    assert "Traceback" not in data

@@ -2,8 +2,9 @@
 
 `create_dashboard` builds a FastAPI app (no OpenAPI of its own: it is a site, not an API)
 that reads everything from the orchestrator at ``settings.dashboard.api_url``, so one
-dashboard can watch a remote deployment. Pages are Jinja2 templates; htmx (vendored) swaps
-the live parts; TradingView's lightweight-charts (vendored, Apache-2.0, attribution in the
+dashboard can watch a remote deployment. Pages are Jinja2 templates; their live parts
+arrive as server-sent events (`conclave.dashboard.live`, swapped in by ``static/app.js``);
+TradingView's lightweight-charts (vendored, Apache-2.0, attribution in the
 footer and the chart's logo) draws the charts from JSON data blocks, never inline script.
 Static files are served from the package (`static/`); nothing is fetched at run time.
 
@@ -23,6 +24,7 @@ from starlette.staticfiles import StaticFiles
 
 from conclave.dashboard import ops, pages
 from conclave.dashboard.client import ApiClient, ApiDownError, ApiUnavailableError
+from conclave.dashboard.live import router as live_router
 from conclave.dashboard.web import PREFIX, SecurityHeaders, render
 from conclave.settings import Settings
 
@@ -53,6 +55,7 @@ def create_dashboard(settings: Settings) -> FastAPI:
     app.mount(PREFIX + "/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(pages.router)
     app.include_router(ops.router)
+    app.include_router(live_router)
 
     @app.get("/")
     async def root() -> Response:

@@ -18,6 +18,7 @@ from conclave.dashboard.web import (
     KEY_COOKIE,
     PREFIX,
     api,
+    fingerprint,
     form,
     key_of,
     page,
@@ -210,7 +211,8 @@ async def start_backtest(request: Request) -> Response:
     return await page(request, build)
 
 
-async def _job(req: Request, job_id: str) -> dict[str, Any] | None:
+async def job_of(req: Request, job_id: str) -> dict[str, Any] | None:
+    """Backtest job ``job_id``, or None when the orchestrator does not keep it."""
     if not _JOB.match(job_id):
         return None
     try:
@@ -228,7 +230,7 @@ async def compare(request: Request) -> Response:
 
     async def build(req: Request) -> Response:
         ids = [i for i in req.query_params.getlist("id") if _JOB.match(i)][:6]
-        jobs = [j for j in [await _job(req, i) for i in ids] if j is not None]
+        jobs = [j for j in [await job_of(req, i) for i in ids] if j is not None]
         return render(req, "compare.html", jobs=jobs)
 
     return await page(request, build)
@@ -239,7 +241,7 @@ async def backtest(request: Request, job_id: str) -> Response:
     """One job: its progress until done, then its report."""
 
     async def build(req: Request) -> Response:
-        job = await _job(req, job_id)
+        job = await job_of(req, job_id)
         if job is None:
             return render(
                 req,
@@ -248,25 +250,14 @@ async def backtest(request: Request, job_id: str) -> Response:
                 title="No such backtest",
                 error="the orchestrator keeps recent jobs only, and none after a restart",
             )
-        return render(req, "backtest.html", job=job)
+        return render(req, "backtest.html", job=job, digest=job_digest(job))
 
     return await page(request, build)
 
 
-@router.get(PREFIX + "/partials/backtests/{job_id}")
-async def backtest_progress(request: Request, job_id: str) -> Response:
-    """The progress bar (polled every second); once finished, a redirect to the report."""
-
-    async def build(req: Request) -> Response:
-        job = await _job(req, job_id)
-        if job is None:
-            return render(req, "error_fragment.html", error="this backtest is no longer kept")
-        response = render(req, "_progress.html", job=job)
-        if job["status"] in ("done", "failed", "cancelled"):
-            response.headers["HX-Refresh"] = "true"  # the report page, rendered whole
-        return response
-
-    return await page(request, build, fragment=True)
+def job_digest(job: dict[str, Any]) -> str:
+    """The fingerprint of what a job's progress bar shows."""
+    return fingerprint([job.get("status"), job.get("phase"), job.get("progress"), job.get("error")])
 
 
-__all__ = ["router"]
+__all__ = ["job_digest", "job_of", "router"]

@@ -1,9 +1,10 @@
-"""The reading pages: Overview, Runs (list and one run) and Market, with their fragments.
+"""The reading pages: Overview, Runs (list and one run) and Market.
 
-Each handler reads the orchestrator's API with the viewer's key and renders a template; the
-fragments (``/dashboard/partials/...``) are what htmx polls to keep a page live without a
-reload: the runs table every second (a new run shows within 2 s), the health every 5 s.
-Failures go through `conclave.dashboard.web.page` (banner, login, error page).
+Each handler reads the orchestrator's API with the viewer's key and renders a template.
+`overview_data` and `runs_data` also give the fingerprint of what they show: the page
+renders with it, and `conclave.dashboard.live` streams the part again (server-sent events)
+only when a later read's fingerprint differs. Failures go through
+`conclave.dashboard.web.page` (banner, login, error page).
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from conclave.dashboard.web import PREFIX, api, key_of, page, render
+from conclave.dashboard.web import PREFIX, api, fingerprint, key_of, page, render
 
 router = APIRouter()
 PAGE_SIZE = 20
 _SAFE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 STATUSES = ("ok", "blocked", "failed", "no_signal")
+#: The Runs page's timeframe filter offers these (the API refuses one outside its allowlist).
+TIMEFRAMES = ("1m", "5m", "15m", "30m", "1h", "4h", "1d")
+DEGRADED = ("true", "false")
 
 
 def _param(request: Request, name: str, allowed: tuple[str, ...] | None = None) -> str | None:
@@ -40,16 +44,30 @@ def _latest_by_market(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-async def _overview_data(request: Request) -> dict[str, Any]:
+async def overview_data(request: Request) -> dict[str, Any]:
+    """The overview's data; its ``digest`` covers every status shown, the agents' errors and
+    the latest runs (not the latencies and lags, which change on every read)."""
     key = key_of(request)
     health = await api(request).request("GET", "/health", key, allow=(503,))
     agents = await api(request).get("/agents", key)
     runs = await api(request).get("/pipeline/runs", key, limit=100)
+    latest = _latest_by_market(runs["items"])
+    digest = fingerprint(
+        [
+            health.get("status"),
+            health.get("mode"),
+            {name: dep.get("status") for name, dep in health.get("dependencies", {}).items()},
+            [(a.get("name"), a.get("status"), a.get("breaker"), a.get("error")) for a in agents],
+            [r.get("runId") for r in latest],
+            runs["total"],
+        ]
+    )
     return {
         "health": health,
         "agents": agents,
-        "latest": _latest_by_market(runs["items"]),
+        "latest": latest,
         "total_runs": runs["total"],
+        "digest": digest,
     }
 
 
@@ -58,19 +76,9 @@ async def overview(request: Request) -> Response:
     """Component health, the nine agents, the latest decision of each market."""
 
     async def build(req: Request) -> Response:
-        return render(req, "overview.html", **await _overview_data(req))
+        return render(req, "overview.html", **await overview_data(req))
 
     return await page(request, build)
-
-
-@router.get(PREFIX + "/partials/overview")
-async def overview_fragment(request: Request) -> Response:
-    """The overview's body, polled every 5 s."""
-
-    async def build(req: Request) -> Response:
-        return render(req, "_overview.html", **await _overview_data(req))
-
-    return await page(request, build, fragment=True)
 
 
 def _filters(request: Request) -> dict[str, Any]:
@@ -82,11 +90,15 @@ def _filters(request: Request) -> dict[str, Any]:
         "symbol": _param(request, "symbol"),
         "accountId": _param(request, "accountId"),
         "status": _param(request, "status", STATUSES),
+        "timeframe": _param(request, "timeframe", TIMEFRAMES),
+        "degraded": _param(request, "degraded", DEGRADED),
         "page": number,
     }
 
 
-async def _runs_data(request: Request) -> dict[str, Any]:
+async def runs_data(request: Request) -> dict[str, Any]:
+    """One page of runs for the filters in ``request``'s query; its ``digest`` covers the
+    rows and the total."""
     f = _filters(request)
     answer = await api(request).get(
         "/pipeline/runs",
@@ -94,6 +106,8 @@ async def _runs_data(request: Request) -> dict[str, Any]:
         symbol=f["symbol"],
         accountId=f["accountId"],
         status=f["status"],
+        timeframe=f["timeframe"],
+        degraded=f["degraded"],
         limit=PAGE_SIZE,
         offset=(f["page"] - 1) * PAGE_SIZE,
     )
@@ -107,27 +121,19 @@ async def _runs_data(request: Request) -> dict[str, Any]:
         "pages": pages,
         "query": query,
         "statuses": STATUSES,
+        "timeframes": TIMEFRAMES,
+        "digest": fingerprint([answer["items"], total]),
     }
 
 
 @router.get(PREFIX + "/runs")
 async def runs(request: Request) -> Response:
-    """Recorded runs, newest first, filtered and paged; the table refreshes every second."""
+    """Recorded runs, newest first, filtered and paged; new ones arrive by events."""
 
     async def build(req: Request) -> Response:
-        return render(req, "runs.html", **await _runs_data(req))
+        return render(req, "runs.html", **await runs_data(req))
 
     return await page(request, build)
-
-
-@router.get(PREFIX + "/partials/runs")
-async def runs_fragment(request: Request) -> Response:
-    """The runs table alone (polled)."""
-
-    async def build(req: Request) -> Response:
-        return render(req, "_runs_table.html", **await _runs_data(req))
-
-    return await page(request, build, fragment=True)
 
 
 @router.get(PREFIX + "/runs/{run_id}")
@@ -180,4 +186,4 @@ async def market(request: Request) -> Response:
     return await page(request, build)
 
 
-__all__ = ["router"]
+__all__ = ["overview_data", "router", "runs_data"]

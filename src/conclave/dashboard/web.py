@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import json
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -152,7 +154,7 @@ async def page(request: Request, build: Handler, *, fragment: bool = False) -> R
     """``build(request)``, with the honest answers for the API's failures."""
     try:
         return await build(request)
-    except ApiDownError as exc:  # a fragment answers 200: htmx swaps the banner in, polls on
+    except ApiDownError as exc:  # a fragment answers 200: the banner is swapped in
         if fragment:
             return render(request, "_down.html", error=str(exc))
         return render(request, "down.html", 503, error=str(exc))
@@ -182,6 +184,12 @@ async def page(request: Request, build: Handler, *, fragment: bool = False) -> R
         return render(request, "error.html", 403, title="Refused", error=str(exc))
 
 
+def fingerprint(value: Any) -> str:
+    """A short digest of ``value`` (JSON): a live part's state, to send it only on change."""
+    raw = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.blake2b(raw, digest_size=12).hexdigest()
+
+
 def safe_next(value: str | None) -> str:
     """A post-login target inside the dashboard only (no open redirect)."""
     if value and value.startswith(PREFIX) and not value.startswith("//") and "\\" not in value:
@@ -199,6 +207,7 @@ __all__ = [
     "SecurityHeaders",
     "api",
     "csrf_token",
+    "fingerprint",
     "form",
     "key_of",
     "page",

@@ -216,9 +216,13 @@ def create_app(
                 e404="accountId names no account",
                 e409="same Idempotency-Key still running or abandoned, or not recordable",
             ),
-            **error_responses(*BODY_ERRORS, *KEY_ERRORS, 503, e503="the run store is "
-                              "unavailable, or api.max_runs_in_flight runs are in progress "
-                              "(`overloaded`); both with Retry-After"),
+            **error_responses(
+                *BODY_ERRORS,
+                *KEY_ERRORS,
+                503,
+                e503="the run store is unavailable, or api.max_runs_in_flight runs are in"
+                " progress (`overloaded`); both with Retry-After",
+            ),
         },
         openapi_extra=request_body(schema),
     )
@@ -262,13 +266,27 @@ def create_app(
             Literal["ok", "blocked", "failed", "no_signal"] | None,
             Query(description="The decision's status."),
         ] = None,
+        timeframe: str | None = Query(  # a default: its enum is the settings'
+            None,
+            pattern=r"^[0-9]{1,2}[smhdwM]$",
+            json_schema_extra={"enum": list(settings.market.timeframes)},
+        ),
+        degraded: Annotated[
+            bool | None, Query(description="Only runs with (true) or without missing agents.")
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
         offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     ) -> Response:
         """One page of runs matching the filters, and how many match in all."""
+        if timeframe is not None and timeframe not in settings.market.timeframes:
+            allowed = ", ".join(settings.market.timeframes)
+            raise ApiError(
+                422, "not_allowed", f"timeframe must be one of: {allowed}", field="timeframe"
+            )
         items, total = await _runtime(request).store.list_runs(
-            account_id=account_id, symbol=symbol, status=status, limit=limit, offset=offset
-        )
+            account_id=account_id, symbol=symbol, status=status, timeframe=timeframe,
+            degraded=degraded, limit=limit, offset=offset,
+        )  # fmt: skip
         return json_response({"items": items, "total": total, "limit": limit, "offset": offset})
 
     @app.get(

@@ -88,6 +88,8 @@ class RunStoreLike(Protocol):
         account_id: str | None = None,
         symbol: str | None = None,
         status: str | None = None,
+        timeframe: str | None = None,
+        degraded: bool | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> tuple[list[dict[str, Any]], int]:

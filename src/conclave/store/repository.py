@@ -234,6 +234,8 @@ class RunStore:
         account_id: str | None = None,
         symbol: str | None = None,
         status: str | None = None,
+        timeframe: str | None = None,
+        degraded: bool | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> tuple[list[dict[str, Any]], int]:
@@ -253,6 +255,8 @@ class RunStore:
                 (runs.c.account_id, account_id),
                 (runs.c.symbol, symbol),
                 (runs.c.status, status),
+                (runs.c.timeframe, timeframe),
+                (runs.c.degraded, degraded),
             )
             if value is not None
         ]

@@ -20,11 +20,35 @@
     if (el) { el.hidden = !show; }
   }
 
-  document.addEventListener("htmx:sendError", function () { banner(true); });
-  document.addEventListener("htmx:afterRequest", function (e) {
-    if (e.detail && e.detail.successful) { banner(false); }
-  });
-  document.addEventListener("htmx:afterSwap", function (e) { localTimes(e.target); });
+  // Live parts: an element with data-events="URL" and data-live="EVENT" is replaced by the
+  // HTML of each EVENT of that server-sent event stream (sent only when it changed). The
+  // browser reconnects a lost stream by itself (the server asks for 1 s); while it is not
+  // connected the banner says so, and body[data-live-state] tells the tests. A stream the
+  // server refused (not reconnected by the browser) is opened again after 2 s.
+  function live(el) {
+    var url = el.getAttribute("data-events");
+    var name = el.getAttribute("data-live");
+    var received = 0;
+    function state(s) { document.body.setAttribute("data-live-state", s); banner(s === "reconnecting"); }
+    function open() {
+      var source = new EventSource(url);
+      source.addEventListener("open", function () { state("open"); });
+      source.addEventListener("error", function () {
+        state("reconnecting");
+        if (source.readyState === EventSource.CLOSED) { window.setTimeout(open, 2000); }
+      });
+      source.addEventListener(name, function (e) {
+        el.innerHTML = e.data;  // rendered and escaped by the server's templates
+        received += 1;
+        el.setAttribute("data-live-received", String(received));
+        localTimes(el);
+      });
+      // a finished backtest: its report is a whole page with its charts
+      source.addEventListener("reload", function () { source.close(); window.location.reload(); });
+    }
+    state("connecting");
+    open();
+  }
 
   function css(name, fallback) {
     var v = getComputedStyle(document.documentElement).getPropertyValue(name).trim();
@@ -190,6 +214,7 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     localTimes(document);
+    document.querySelectorAll("[data-events][data-live]").forEach(live);
     LC = window.LightweightCharts || null;
     if (!LC) { return; }
     var market = data("market-data");
