@@ -9,9 +9,9 @@ fixed part (HMAC, nonce, replay memory); the rest is the SHA-256 body digest, wh
 with the bytes sent. Prints p50 and p99 per side and the run's critical path (sign the nine
 + the slowest verify), against the issue's target of 0.1 ms per run.
 
-``--e2e`` adds what a user sees: ``POST /pipeline/run`` in HTTP mode (nine agent services
-on loopback, `benchmarks/observability.py`'s measurement) with and without an agent secret,
-alternated for ``--rounds`` rounds, p50 and CPU per run side by side.
+``--e2e`` adds what a user sees: a whole run over HTTP (nine agent services on loopback,
+data inline) with and without signing, two sets of services and two pipelines in this process,
+runs alternated one by one so both meet the same machine (see `e2e`).
 
     .venv/bin/python benchmarks/signing.py [--runs 2000] [--e2e --rounds 3 --e2e-runs 150]
 """
@@ -21,13 +21,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
+import os
 import shlex
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -109,36 +110,93 @@ def _p(values: list[float], q: float) -> float:
 
 
 def e2e(rounds: int, runs: int, warmup: int) -> None:
-    """HTTP-mode ``POST /pipeline/run`` p50 and CPU with and without an agent secret."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import observability as obs
+    """Signing's cost to a whole run: two sets of the nine agent services on loopback, one
+    started with the agent secret and one without, and two pipelines in this process over
+    the same memory-cached real BTC 1h market (`benchmarks/http_mode.py`'s gateway), one
+    signing its calls; runs alternate between them one by one, so both meet the same
+    machine. Prints p50/p99 of a run and CPU per run of this process (timed around each run)
+    and of each set of services."""
+    import psutil
 
-    results: dict[str, list[dict[str, float]]] = {"unsigned": [], "signed": []}
-    for r in range(rounds):
-        for label in ("unsigned", "signed") if r % 2 == 0 else ("signed", "unsigned"):
-            console.print(f"round {r + 1}/{rounds}: HTTP mode, {label}")
-            env = obs.config_env("metrics", 0)
-            env.pop("CONCLAVE_AGENTS__SECRET", None)
-            if label == "signed":
-                env["CONCLAVE_AGENTS__SECRET"] = SECRET
-            cmd = [sys.executable, obs.__file__, "--child", "--mode", "HTTP", "--config",
-                   "metrics", "--runs", str(runs), "--warmup", str(warmup)]  # fmt: skip
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900,
-                                  check=False)  # fmt: skip
-            if done.returncode != 0:
-                raise SystemExit(f"{label} failed:\n{done.stderr[-2000:]}")
-            results[label].append(json.loads(done.stdout.strip().splitlines()[-1]))
-    title = f"POST /pipeline/run, HTTP mode, ms ({runs} runs, median of {rounds} rounds)"
-    table = Table(title=title)
-    for col in ("agent calls", "p50", "p90", "p50 / unsigned", "CPU ms/run (all processes)"):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import http_mode as hm
+    import observability as obs
+    from conclave.agents import REGISTRY
+    from conclave.pipeline import Pipeline
+    from conclave.pipeline.agent_client import AgentHttpClient
+    from conclave.pipeline.http_runner import HttpRunner
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONCLAVE_", "OTEL_"))}
+    env |= {"CONCLAVE_LOG_LEVEL": "WARNING"}
+    sets = {"unsigned": {n: hm.free_port() for n in REGISTRY},
+            "signed": {n: hm.free_port() for n in REGISTRY}}  # fmt: skip
+    procs: dict[str, list[subprocess.Popen[bytes]]] = {"unsigned": [], "signed": []}
+    try:
+        for label, ports in sets.items():
+            child = env | ({"CONCLAVE_AGENTS__SECRET": SECRET} if label == "signed" else {})
+            for name, port in ports.items():
+                cmd = [sys.executable, "-m", "conclave", "agent", "serve", name, "--port",
+                       str(port), "--host", "127.0.0.1"]  # fmt: skip
+                procs[label].append(subprocess.Popen(cmd, env=child, stdout=subprocess.DEVNULL,
+                                                     stderr=subprocess.DEVNULL))  # fmt: skip
+        obs.wait_up([f"http://127.0.0.1:{p}" for ports in sets.values() for p in ports.values()])
+        services = {k: [psutil.Process(p.pid) for p in v] for k, v in procs.items()}
+        got = asyncio.run(_alternate(sets, services, rounds * runs, warmup, hm, Pipeline,
+                                     AgentHttpClient, HttpRunner))  # fmt: skip
+    finally:
+        for group in procs.values():
+            for proc in group:
+                proc.kill()
+                proc.wait(timeout=10)
+    table = Table(title=f"a run over HTTP, nine agents, data inline ({rounds * runs} runs each,"
+                  " alternated one by one)")  # fmt: skip
+    for col in ("agent calls", "p50 ms", "p99 ms", "orchestrator CPU ms/run",
+                "agents CPU ms/run", "p50 - unsigned"):  # fmt: skip
         table.add_column(col, justify="right")
-    base = statistics.median(m["p50"] for m in results["unsigned"])
-    for label, got in results.items():
-        p50 = statistics.median(m["p50"] for m in got)
-        cpu = statistics.median(m["cpu"] + m["agents_cpu"] for m in got)
-        table.add_row(label, f"{p50:.2f}", f"{statistics.median(m['p90'] for m in got):.2f}",
-                      f"{p50 / base:.3f}", f"{cpu:.2f}")  # fmt: skip
+    base = got["unsigned"]["p50"]
+    for label, m in got.items():
+        table.add_row(label, f"{m['p50']:.3f}", f"{m['p99']:.3f}", f"{m['cpu']:.3f}",
+                      f"{m['agents']:.3f}", f"{(m['p50'] - base) * 1000:+.0f} us")  # fmt: skip
     console.print(table)
+
+
+async def _alternate(sets: Any, services: Any, runs: int, warmup: int, hm: Any, pipeline: Any,
+                     client_cls: Any, runner_cls: Any) -> dict[str, dict[str, float]]:  # fmt: skip
+    from conclave.security.signing import Signer
+
+    gateway = hm.gateway()
+    clients = {"unsigned": client_cls(), "signed": client_cls(signer=Signer(SECRET))}
+    pipes = {}
+    for label, ports in sets.items():
+        runners = {n: runner_cls(n, f"http://127.0.0.1:{p}", client=clients[label],
+                                 timeout_s=2.0) for n, p in ports.items()}  # fmt: skip
+        pipes[label] = pipeline(gateway, runners=runners)
+    lat: dict[str, list[float]] = {k: [] for k in pipes}
+    cpu: dict[str, float] = dict.fromkeys(pipes, 0.0)
+    agents0: dict[str, float] = {}
+    try:
+        for i in range(warmup + runs):
+            if i == warmup:
+                agents0 = {k: sum(sum(p.cpu_times()[:2]) for p in v) for k, v in services.items()}
+            for label in ("unsigned", "signed") if i % 2 == 0 else ("signed", "unsigned"):
+                c0 = time.process_time()
+                took = await hm.one_run(pipes[label])
+                if i >= warmup:
+                    lat[label].append(took)
+                    cpu[label] += time.process_time() - c0
+        agents1 = {k: sum(sum(p.cpu_times()[:2]) for p in v) for k, v in services.items()}
+    finally:
+        for pipe in pipes.values():
+            await pipe.aclose()
+        for client in clients.values():
+            await client.aclose()
+    out = {}
+    for label in pipes:
+        arr = sorted(lat[label])
+        out[label] = {"p50": statistics.median(arr), "p99": _p(arr, 0.99),
+                      "cpu": cpu[label] * 1000.0 / runs,
+                      "agents": (agents1[label] - agents0[label]) * 1000.0 / runs}  # fmt: skip
+    return out
 
 
 def main() -> None:
