@@ -79,7 +79,8 @@ def shifted_history(folder: Path) -> Path:
 
 @contextlib.contextmanager
 def database(kind: str, pg: str) -> Iterator[str | None]:
-    """None for SQLite (the data dir's file), else the URL of a fresh PostgreSQL database."""
+    """None for SQLite (the data dir's file), else the URL of a fresh PostgreSQL database,
+    dropped afterwards (also used by `benchmarks/soak.py` and `benchmarks/load.py`)."""
     if kind == "sqlite":
         yield None
         return
@@ -89,7 +90,7 @@ def database(kind: str, pg: str) -> Iterator[str | None]:
     try:
         yield f"{pg.rstrip('/')}/{name}"
     finally:
-        subprocess.run(["dropdb", *admin, "--if-exists", name], check=False)
+        subprocess.run(["dropdb", *admin, "--if-exists", "--force", name], check=False)
 
 
 @contextlib.contextmanager
@@ -109,7 +110,7 @@ def server(tree: Path, db_url: str | None, source: Path, port: int) -> Iterator[
     log = (data_dir / "server.log").open("wb")
     proc = subprocess.Popen(cmd, env=env, cwd=data_dir, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_live(port, proc)
+        wait_live([port], {"conclave serve": proc})
         yield psutil.Process(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -122,19 +123,26 @@ def server(tree: Path, db_url: str | None, source: Path, port: int) -> Iterator[
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def wait_live(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 120.0) -> None:
+def wait_live(
+    ports: list[int], procs: dict[str, subprocess.Popen[bytes]], timeout_s: float = 180.0
+) -> None:
+    """Until each of ``ports`` answers ``/health/live``; `SystemExit` if one of ``procs``
+    exits first or time runs out (also used by `benchmarks/soak.py`)."""
     import httpx2
 
     deadline = time.monotonic() + timeout_s
     with httpx2.Client(timeout=1.0, trust_env=False) as client:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit(f"the server exited with {proc.returncode}")
-            with contextlib.suppress(httpx2.HTTPError):
-                if client.get(f"http://127.0.0.1:{port}/health/live").status_code == 200:
-                    return
-            time.sleep(0.2)
-    raise SystemExit("the server did not come up")
+        for port in ports:
+            while True:
+                dead = [n for n, p in procs.items() if p.poll() is not None]
+                if dead:
+                    raise SystemExit(f"exited during start-up: {', '.join(dead)}")
+                with contextlib.suppress(httpx2.HTTPError):
+                    if client.get(f"http://127.0.0.1:{port}/health/live").status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"port {port} did not come up")
+                time.sleep(0.2)
 
 
 async def load(port: int, runs: int, in_flight: int) -> tuple[list[float], float]:

@@ -43,6 +43,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from api import database, wait_live
+
 ROOT = Path(__file__).resolve().parents[1]
 MARKETS = (("BTCUSDT", "1m"), ("ETHUSDT", "1m"), ("BTCUSDT", "5m"), ("SOLUSDT", "5m"))
 console = Console(width=120)
@@ -62,20 +65,6 @@ class Samples:
     rss: dict[str, list[float]] = field(default_factory=dict)
     fds: dict[str, list[int]] = field(default_factory=dict)
     conns: list[int] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def database(kind: str, pg: str) -> Iterator[str | None]:
-    if kind == "sqlite":
-        yield None
-        return
-    name = f"soak_{os.getpid()}"
-    admin = ["-h", "127.0.0.1", "-U", "postgres"]
-    subprocess.run(["createdb", *admin, name], check=True)
-    try:
-        yield f"{pg.rstrip('/')}/{name}"
-    finally:
-        subprocess.run(["dropdb", *admin, "--if-exists", "--force", name], check=False)
 
 
 @contextlib.contextmanager
@@ -121,24 +110,6 @@ def system(
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(timeout=5)
-
-
-def wait_live(ports: list[int], procs: dict[str, subprocess.Popen[bytes]]) -> None:
-    import httpx2
-
-    deadline = time.monotonic() + 180.0
-    with httpx2.Client(timeout=1.0, trust_env=False) as client:
-        for port in ports:
-            while True:
-                dead = [n for n, p in procs.items() if p.poll() is not None]
-                if dead:
-                    raise SystemExit(f"exited during start-up: {', '.join(dead)}")
-                with contextlib.suppress(httpx2.HTTPError):
-                    if client.get(f"http://127.0.0.1:{port}/health/live").status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"port {port} did not come up")
-                time.sleep(0.2)
 
 
 def db_connections(db_url: str | None, server: psutil.Process, data_dir: Path) -> int:

@@ -1,9 +1,10 @@
 """C2 and C3 against a real agent process: the timeout is honoured, to its stated figure.
 
 The agent is the real momentum service (``conclave agent serve``, stopped by its PID at
-the end). C2 hangs it with SIGSTOP; C3 puts a loopback proxy in front of it that holds
-every answer back until 0.8 x the timeout has passed since the request, so the agent is
-slow but in time.
+the end; the ``momentum``, ``sim_input`` and ``client`` fixtures are those of
+`tests.services.test_http_runner`, through this package's conftest). C2 hangs it with
+SIGSTOP; C3 puts a loopback proxy in front of it that holds every answer back until 0.8 x
+the timeout has passed since the request, so the agent is slow but in time.
 """
 
 from __future__ import annotations
@@ -13,16 +14,12 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
-
-import pytest
 
 from conclave.agents import AgentInput
-from conclave.pipeline import Pipeline
 from conclave.pipeline.agent_client import AgentHttpClient
 from conclave.pipeline.breaker import CircuitBreaker
 from conclave.pipeline.http_runner import HttpRunner
-from tests.services.helpers import NOW_ISO, agent_process, context_at, sim_gateway
+from tests.services.helpers import NOW_ISO
 
 AGENT = "momentum"
 #: C2: a hung agent's step must end within the timeout plus this (the row's figure).
@@ -32,31 +29,6 @@ C2_SKIP_S = 0.005
 C3_TIMEOUT_S = 1.0
 C3_DELAY_S = 0.8 * C3_TIMEOUT_S
 C3_RUNS, C3_PARALLEL = 100, 4
-
-
-@pytest.fixture(scope="module")
-def momentum() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """One real momentum service for the module (killed by its PID at the end)."""
-    with agent_process(AGENT) as proc_url:
-        yield proc_url
-
-
-@pytest.fixture(scope="module")
-def sim_input() -> AgentInput:
-    """momentum's input on the simulator, built as a pipeline run builds it."""
-
-    async def build() -> AgentInput:
-        async with Pipeline(sim_gateway()) as pipe:
-            ctx = await context_at(pipe, 1_700_000_000_000)
-            return ctx.input_for(pipe.agents[AGENT])
-
-    return asyncio.run(build())
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[AgentHttpClient]:
-    async with AgentHttpClient() as c:
-        yield c
 
 
 async def _timed(runner: HttpRunner, agent_input: AgentInput) -> tuple[float, str, str]:

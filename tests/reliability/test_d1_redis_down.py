@@ -5,24 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
-import pytest
 
 from conclave.services.api import create_app
 from tests.services.test_api import make_settings
-from tests.services.test_health_outages import redis_server
 
 RUN = {"symbol": "BTCUSDT", "timeframe": "1h"}
 RUNS_EACH = 50
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    with redis_server(tmp_path) as found:
-        yield found
 
 
 async def test_d1_redis_killed_mid_runs_all_100_recorded_and_health_degraded(

@@ -13,25 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 import time
 from pathlib import Path
 
 from tests.observability.tracing_helpers import BODY, api_client, make_settings
+from tests.store.test_sqlite_locking import _with_lock_held
 
 HOLD_S = 10.0
 ANSWER_WITHIN_S = 5.5
-
-
-def _hold(db: Path, locked: threading.Event, seconds: float) -> None:
-    conn = sqlite3.connect(db, timeout=30, isolation_level=None)
-    try:
-        conn.execute("BEGIN EXCLUSIVE")
-        locked.set()
-        time.sleep(seconds)
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
 
 
 async def test_d4_an_exclusive_lock_held_10_s_gives_503_in_time_and_no_partial_rows(
@@ -41,11 +30,8 @@ async def test_d4_an_exclusive_lock_held_10_s_gives_503_in_time_and_no_partial_r
     db = tmp_path / "conclave.db"
     async with api_client(settings) as api:
         assert (await api.post("/pipeline/run", json=BODY)).status_code == 201  # file exists
-        locked = threading.Event()
-        holder = threading.Thread(target=_hold, args=(db, locked, HOLD_S))
-        holder.start()
+        holder = await _with_lock_held(db, HOLD_S)
         try:
-            assert await asyncio.to_thread(locked.wait, 10.0)
 
             async def one() -> tuple[int, str | None, float]:
                 t0 = time.monotonic()

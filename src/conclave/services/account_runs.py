@@ -174,13 +174,16 @@ def _key_reused(message: str) -> ApiError:
     return ApiError(422, "idempotency_key_reused", message, field="Idempotency-Key")
 
 
-def _key_busy(kind: str) -> ApiError:
-    if kind == "abandoned":  # G4: cut short by a crash, never run a second time
+def key_busy(kind: str, saved: str = "its runs were saved") -> ApiError:
+    """The 409 for a claim that is not ours: ``abandoned`` (G4: cut short by a crash,
+    never run a second time, no Retry-After) or still in progress (Retry-After: 1).
+    ``saved`` says what the abandoned request did not get to save (for the message)."""
+    if kind == "abandoned":
         return ApiError(
             409,
             "idempotency_key_abandoned",
-            "the request with this Idempotency-Key stopped before its runs were saved and is"
-            " not run again; send a new Idempotency-Key",
+            f"the request with this Idempotency-Key stopped before {saved} and is not run"
+            " again; send a new Idempotency-Key",
             field="Idempotency-Key",
         )
     err = ApiError(
@@ -249,7 +252,7 @@ async def run_account(
         if claim.kind == "replay" and claim.run_id is not None:
             return await _replay(store, account_id, key, digest, claim.run_id)
         if claim.kind != "new":
-            raise _key_busy(claim.kind)
+            raise key_busy(claim.kind)
     batch = _Batch(runtime, store, account_id, use_http, key, digest, retry_after_s)
     runs: list[dict[str, Any]] = []
     try:
@@ -287,7 +290,7 @@ async def _run_market(batch: _Batch, market: MarketKey, index: int) -> dict[str,
         if claim.kind == "conflict":
             raise _key_reused("this Idempotency-Key was used with a different body")
         if claim.kind != "new":
-            raise _key_busy(claim.kind)
+            raise key_busy(claim.kind)
     saved = False
     try:
         try:

@@ -340,23 +340,8 @@ async def _execute(runtime: Runtime, body: Any, key: str | None) -> Response:
             stored = await store.get_run(claim.run_id)
             if stored is not None:
                 return json_response(stored, 200, {"Idempotent-Replayed": "true"})
-        if claim.kind == "abandoned":  # G4: cut short by a crash, never run a second time
-            raise ApiError(
-                409,
-                "idempotency_key_abandoned",
-                "the request with this Idempotency-Key stopped before its run was saved and"
-                " is not run again; send a new Idempotency-Key",
-                field="Idempotency-Key",
-            )
-        if claim.kind != "new":
-            err = ApiError(
-                409,
-                "idempotency_key_in_progress",
-                "a request with this Idempotency-Key is still running",
-                field="Idempotency-Key",
-            )
-            err.headers = {"Retry-After": "1"}
-            raise err
+        if claim.kind != "new":  # abandoned (G4) or still running: 409
+            raise account_runs.key_busy(claim.kind, "its run was saved")
     saved = False
     try:
         try:
