@@ -17,7 +17,8 @@ from opentelemetry import trace
 from conclave.agents import REGISTRY
 from conclave.logging import configure_logging
 from conclave.observability import tracing
-from conclave.observability.tracing import TraceMiddleware, tracing_config
+from conclave.observability.tracing import tracing_config
+from conclave.observability.tracing_http import TraceMiddleware
 from conclave.pipeline import Pipeline
 from conclave.pipeline.agent_client import AgentHttpClient
 from conclave.pipeline.http_runner import HttpRunner

@@ -5,7 +5,8 @@ Why it is shaped this way:
 - **Off by default, and then free.** No SDK tracer provider is installed unless the
   standard variables ask for one. While off, `span` hands out one shared no-op context
   manager (no tracer call, no context switch), `inject` adds no header and
-  `TraceMiddleware` calls the app straight through: each checks a module flag once.
+  `TraceMiddleware` (`conclave.observability.tracing_http`) calls the app straight
+  through: each checks a module flag once.
 - **The standard ``OTEL_*`` variables, read at the edge.** `tracing_config` turns a mapping
   (the command line passes ``os.environ``) into a plain `TracingConfig`; `configure_tracing`
   builds the SDK from that alone. Tracing is on when ``OTEL_TRACES_EXPORTER`` names an
@@ -16,8 +17,9 @@ Why it is shaped this way:
 - **Cheap when on.** About a dozen spans per run, exported in batches off the request path;
   attributes are built only when ``span.is_recording()``.
 - **W3C trace context only.** The orchestrator injects ``traceparent`` into each agent
-  call; the agent's `TraceMiddleware` extracts it, so the agent's server span is a child of
-  the orchestrator's ``agent.call`` span. ``OTEL_PROPAGATORS`` is not read.
+  call; the agent's `TraceMiddleware` makes it the current context, so the agent's
+  ``agent.compute`` span is a child of the orchestrator's ``agent.call`` span.
+  ``OTEL_PROPAGATORS`` is not read.
 - **Nothing private in a span.** Server spans carry the method, the route template and the
   status: never the query string, a header or a body. An exception sets an error status
   with its type name only (a message or a stack can quote input).
@@ -37,7 +39,6 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor
@@ -312,6 +313,17 @@ def agent_compute(agent: str) -> AbstractContextManager[Span]:
     return _SpanScope(f"agent.compute {agent}", SpanKind.INTERNAL, None, {"conclave.agent": agent})
 
 
+def server_span(name: str, parent: otel_context.Context | None) -> AbstractContextManager[Span]:
+    """A server span for a ``with`` block, the child of ``parent`` (a caller's remote
+    context) when given; for `conclave.observability.tracing_http` (only while on)."""
+    return _SpanScope(name, SpanKind.SERVER, parent)
+
+
+def remote_parent(carrier: dict[str, str]) -> otel_context.Context:
+    """The context a caller's W3C ``traceparent`` / ``tracestate`` headers name."""
+    return _W3C.extract(carrier)
+
+
 def inject(headers: dict[str, str]) -> None:
     """Add the current span's ``traceparent`` (and ``tracestate``) to ``headers`` when on."""
     if _STATE.enabled:
@@ -328,86 +340,3 @@ def fastapi_options() -> dict[str, Any]:
         return {}
     off = ("tracing", "metrics", "logs", "operation_spans", "auto_configure")
     return {"telemetry": dict.fromkeys(off, False)}
-
-
-# -- server spans ------------------------------------------------------------------------------
-
-
-def _parent(scope: Scope) -> otel_context.Context | None:
-    """The remote parent named by the request's ``traceparent``, if any."""
-    carrier: dict[str, str] = {}
-    for key, value in scope.get("headers", ()):
-        if key == b"traceparent" or key == b"tracestate":
-            carrier[key.decode("latin-1")] = value.decode("latin-1")
-    return _W3C.extract(carrier) if carrier else None
-
-
-class TraceMiddleware:
-    """Pure ASGI: one server span per HTTP request of ``service``, a child of the caller's
-    ``traceparent`` when it sends one; passes straight through while tracing is off.
-
-    Named ``METHOD route-template`` (``fixed_routes`` are paths answered in front of the
-    router, such as an agent's ``/run``), else ``METHOD path``; attributes: method, route
-    and response status only.
-
-    ``bare_routes`` get no server span of their own: the caller's ``traceparent`` only
-    becomes the current context, so the span the route opens itself is the caller's child.
-    An agent's ``POST /run`` is one: its ``agent.compute`` span says all a server span would
-    (the caller's client span holds the status), and nine calls a run made the second span
-    per call the largest part of tracing's cost in HTTP mode.
-    """
-
-    def __init__(self, app: ASGIApp, *, service: str, fixed_routes: tuple[str, ...] = (),
-                 bare_routes: tuple[str, ...] = ()) -> None:  # fmt: skip
-        self.app = app
-        self.service = service
-        self.fixed_routes = frozenset(fixed_routes)
-        self.bare_routes = frozenset(bare_routes)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not _STATE.enabled or scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if scope["path"] in self.bare_routes:
-            parent = _parent(scope)
-            if parent is None:
-                await self.app(scope, receive, send)
-                return
-            token = otel_context.attach(parent)
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                otel_context.detach(token)
-            return
-        method: str = scope["method"]
-        path: str = scope["path"]
-        status = 500  # an exception that escapes the app is answered 500 by the server
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        fixed = path in self.fixed_routes
-        with _SpanScope(f"{method} {path}" if fixed else method, SpanKind.SERVER,
-                        _parent(scope)) as server:  # fmt: skip
-            try:
-                await self.app(scope, receive, send_status)
-            finally:
-                if server.is_recording():
-                    self._finish(server, scope, method, path if fixed else None, status)
-
-    @staticmethod
-    def _finish(server: Span, scope: Scope, method: str, route: str | None, status: int) -> None:
-        if route is None:
-            template = getattr(scope.get("route"), "path", None)
-            route = template if isinstance(template, str) else None
-        server.update_name(f"{method} {route or scope['path'][:100]}")
-        attributes: dict[str, Any] = {"http.request.method": method,
-                                      "http.response.status_code": status}  # fmt: skip
-        if route is not None:
-            attributes["http.route"] = route
-        server.set_attributes(attributes)
-        if status >= 500:
-            server.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))

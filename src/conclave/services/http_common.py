@@ -42,7 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from conclave.errors import InvalidRequestError
 from conclave.observability.http import HttpMetricsMiddleware
 from conclave.observability.metrics import CONTENT_TYPE, render
-from conclave.observability.tracing import TraceMiddleware
+from conclave.observability.tracing_http import TraceMiddleware
 
 log = structlog.get_logger(__name__)
 
