@@ -143,3 +143,13 @@ def iso_ms(t_ms: int) -> str:
     """ISO 8601 UTC text with milliseconds, e.g. ``2025-12-06T10:30:00.000Z``."""
     y, mo, d, h, mi, s = time.gmtime(t_ms // 1000)[:6]
     return f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}.{t_ms % 1000:03d}Z"
+
+
+def checked_timeframe(name: str) -> str:
+    """``name`` unchanged when it names a timeframe; else `ValueError` with the reason, the
+    error pydantic validators raise (the one check behind every ``timeframe`` field)."""
+    try:
+        Timeframe.parse(name)
+    except InvalidTimeframeError as exc:
+        raise ValueError(str(exc)) from None
+    return name

@@ -38,9 +38,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from conclave.agents import AccountRisk
-from conclave.errors import InvalidTimeframeError
 from conclave.settings import SYMBOL_PATTERN
-from conclave.timeframes import Timeframe
+from conclave.timeframes import checked_timeframe
 
 HaltAction = Literal["block_entries", "flatten"]
 #: Most default markets an account may have (and most markets one request runs).
@@ -58,11 +57,7 @@ class Market(BaseModel):
     @field_validator("timeframe")
     @classmethod
     def _known_timeframe(cls, value: str) -> str:
-        try:
-            Timeframe.parse(value)
-        except InvalidTimeframeError as exc:
-            raise ValueError(str(exc)) from None
-        return value
+        return checked_timeframe(value)
 
 
 class AccountConfig(BaseModel):

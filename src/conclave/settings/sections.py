@@ -11,8 +11,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from conclave.errors import InvalidTimeframeError
-from conclave.timeframes import Timeframe
+from conclave.timeframes import checked_timeframe
 
 SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{2,20}$")
 
@@ -83,10 +82,7 @@ class MarketSettings(_Section):
     @classmethod
     def _known_timeframes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for tf in value:
-            try:
-                Timeframe.parse(tf)
-            except InvalidTimeframeError as exc:
-                raise ValueError(str(exc)) from None
+            checked_timeframe(tf)
         return value
 
 
@@ -193,11 +189,7 @@ class ScheduledJobSettings(_Section):
     @field_validator("timeframe")
     @classmethod
     def _known_timeframe(cls, value: str) -> str:
-        try:
-            Timeframe.parse(value)
-        except InvalidTimeframeError as exc:
-            raise ValueError(str(exc)) from None
-        return value
+        return checked_timeframe(value)
 
 
 class SchedulerSettings(_Section):
