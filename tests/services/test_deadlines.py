@@ -150,8 +150,7 @@ def recorder() -> Iterator[tuple[Recorder, str]]:
         yield app, url
 
 
-async def _call(url: str, run_deadline: int | None) -> Any:
-    body_input = await momentum_input()
+async def _call(url: str, body_input: Any, run_deadline: int | None) -> Any:
     token = RUN_DEADLINE_MS.set(run_deadline)
     try:
         async with AgentHttpClient() as http:
@@ -178,12 +177,13 @@ async def test_c8_the_call_carries_the_earlier_of_the_agent_timeout_and_the_run_
     """The header holds the run's deadline when it ends first (0.5 s left of the run, a 2 s
     agent timeout), else now + the agent timeout."""
     app, url = recorder
+    body_input = await momentum_input()  # built first: its time is not the run's budget
     run_deadline = wall_ms() + 500
-    step, _ = await _call(url, run_deadline)
+    step, _ = await _call(url, body_input, run_deadline)
     assert step.ok
     assert int(app.headers[-1][DEADLINE_HEADER]) == run_deadline
     before = wall_ms()
-    step, _ = await _call(url, None)
+    step, _ = await _call(url, body_input, None)
     sent = int(app.headers[-1][DEADLINE_HEADER])
     assert before + 2000 <= sent <= wall_ms() + 2000 + TOLERANCE_MS
 
@@ -194,7 +194,7 @@ async def test_c8_a_spent_budget_sends_nothing_and_leaves_the_breaker_alone(
     """With the run's budget spent, no request leaves: the step is a ``timeout`` with
     ``deadline_exceeded``, and the agent's breaker counts no failure."""
     app, url = recorder
-    step, runner = await _call(url, wall_ms() - 10)
+    step, runner = await _call(url, await momentum_input(), wall_ms() - 10)
     assert step.status == "timeout"
     assert step.error.startswith("deadline_exceeded")
     assert app.headers == []
