@@ -55,8 +55,19 @@ def _canonical(method: str, path: str, timestamp: str, nonce: str, body: bytes) 
     return f"{method.upper()}\n{path}\n{timestamp}\n{nonce}\n{digest}".encode()
 
 
-def _mac(secret: bytes, message: bytes) -> str:
-    return _VERSION + hmac.digest(secret, message, "sha256").hex()
+class _Mac:
+    """HMAC-SHA256 under one secret, keyed once: each MAC copies the keyed state (the
+    key's two padded blocks are hashed once per process, not once per call)."""
+
+    __slots__ = ("_keyed",)
+
+    def __init__(self, secret: bytes) -> None:
+        self._keyed = hmac.new(secret, digestmod=hashlib.sha256)
+
+    def __call__(self, message: bytes) -> str:
+        mac = self._keyed.copy()
+        mac.update(message)
+        return _VERSION + mac.hexdigest()
 
 
 class Signer:
@@ -66,12 +77,12 @@ class Signer:
     placeholder or short secret. ``now_ms`` is the wall clock (tests pass a fake).
     """
 
-    __slots__ = ("_now_ms", "_secret")
+    __slots__ = ("_mac", "_now_ms")
 
     def __init__(
         self, secret: SecretStr | str | None, *, now_ms: Callable[[], int] = _wall_ms
     ) -> None:
-        self._secret = require_secret(secret, AGENT_SECRET_SETTING)
+        self._mac = _Mac(require_secret(secret, AGENT_SECRET_SETTING))
         self._now_ms = now_ms
 
     def __repr__(self) -> str:
@@ -85,7 +96,7 @@ class Signer:
         """
         timestamp = str(self._now_ms())
         nonce = secrets.token_hex(12)
-        signature = _mac(self._secret, _canonical(method, path, timestamp, nonce, body))
+        signature = self._mac(_canonical(method, path, timestamp, nonce, body))
         return {HEADER_TIMESTAMP: timestamp, HEADER_NONCE: nonce, HEADER_SIGNATURE: signature}
 
 
@@ -132,7 +143,7 @@ class Verifier:
             raise ValueError("at least one secret is required")
         if max_age_s <= 0:
             raise ValueError("max_age_s must be positive")
-        self._secrets = tuple(require_secret(s, AGENT_SECRET_SETTING) for s in secrets_)
+        self._macs = tuple(_Mac(require_secret(s, AGENT_SECRET_SETTING)) for s in secrets_)
         self._max_age_ms = round(max_age_s * 1000)
         self._now_ms = now_ms
         self._capacity = replay_capacity
@@ -163,7 +174,7 @@ class Verifier:
         if stamped > now + self._max_age_ms:
             return Verdict(False, "future")
         message = _canonical(method, path, ts_text, nonce_text, body)
-        if not any(hmac.compare_digest(_mac(s, message), sig) for s in self._secrets):
+        if not any(hmac.compare_digest(mac(message), sig) for mac in self._macs):
             return Verdict(False, "bad_signature")
         return self._first_use(sig, stamped + self._max_age_ms, now)
 
