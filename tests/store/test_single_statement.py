@@ -8,10 +8,13 @@ leaves no row (see also test_atomicity.py, which runs the same breaks on both ba
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
 
 from conclave.store import RunStore
 from tests.store.conftest import fresh, rows_of
@@ -58,3 +61,36 @@ async def test_each_step_count_gets_its_own_statement_and_all_rows_land(
         counts = await rows_of(store, wire["runId"])
         assert counts == {"runs": 1, "run_steps": keep, "decisions": 1, "idempotency_keys": 0}
         assert await store.get_run(wire["runId"]) == wire
+
+
+async def test_pooled_connections_the_server_closed_are_replaced_not_failed(
+    store: RunStore, sim_wire: dict[str, Any], pg_url: str
+) -> None:
+    """The server ends both idle pooled sessions of this store (``pg_terminate_backend``
+    from outside the pool, as a restart does): the next saves take fresh connections and
+    succeed, where a pool that handed out a dead one would fail the run (503); no pre-ping
+    round trip is spent on a live one."""
+    if store.backend != "postgresql":
+        pytest.skip("PostgreSQL's pool")
+    async with store.engine.connect() as one, store.engine.connect() as two:
+        pids = [(await c.execute(text("SELECT pg_backend_pid()"))).scalar_one() for c in (one, two)]
+    outside = await asyncpg.connect(make_url(pg_url).set(drivername="postgresql").render_as_string(
+        hide_password=False))  # fmt: skip
+    try:
+        ended = await outside.fetchval(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(p) FROM unnest($1::int[]) p) t",
+            pids,
+        )
+    finally:
+        await outside.close()
+    assert ended == 2
+    await asyncio.sleep(0.3)  # the event loop reads the server's goodbyes
+    sent = _count_statements(store)
+    for _ in range(3):
+        wire = fresh(sim_wire)
+        await store.save_run(wire)
+        assert await store.get_run(wire["runId"]) == wire
+    assert sent[0] == "WITH"  # the first statement is the write itself: no ping
+    async with store.engine.connect() as conn:
+        now = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+    assert now not in pids

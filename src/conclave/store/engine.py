@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from sqlalchemy import DateTime, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -104,14 +104,34 @@ def create_engine(
     engine = create_async_engine(
         url,
         connect_args=connect_args,
-        pool_pre_ping=True,
         pool_size=10,
         max_overflow=10,
         pool_timeout=connect_timeout_s + 5.0,
         json_serializer=_json_dumps,
     )
+    _drop_closed_on_checkout(engine)
     _count_errors(engine)
     return engine
+
+
+def _drop_closed_on_checkout(engine: AsyncEngine) -> None:
+    """Replace a pooled PostgreSQL connection the driver knows is closed, at checkout.
+
+    A restarted or stopped server closes its sockets, and asyncpg marks the connection
+    closed when that arrives; checking that flag costs nothing. SQLAlchemy's own
+    ``pool_pre_ping`` would instead send BEGIN, an empty query and ROLLBACK (three round
+    trips) before every use, more than the one round trip that writes a whole run.
+    `DisconnectionError` makes the pool discard the connection and take another (or
+    connect afresh). A connection that dies without the client seeing it (a cut network)
+    fails its next statement, which the caller reports as unavailable (503) and the pool
+    invalidates.
+    """
+
+    @event.listens_for(engine.sync_engine.pool, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        driver = getattr(dbapi_connection, "driver_connection", None)
+        if driver is not None and driver.is_closed():
+            raise DisconnectionError("the server closed this pooled connection")
 
 
 def error_kind(exc: BaseException, *, disconnect: bool = False) -> str:
@@ -130,8 +150,8 @@ def _count_errors(engine: AsyncEngine) -> None:
     """Count every database error (failed connects and failed statements) in ``DB_ERRORS``.
 
     A connect that fails is counted where it happens (asyncpg raises a plain OSError there,
-    which SQLAlchemy's error events never see); a pre-ping that finds a dead pooled
-    connection is not counted: the pool replaces it.
+    which SQLAlchemy's error events never see); a pooled connection found closed at
+    checkout is not counted: the pool replaces it (`_drop_closed_on_checkout`).
     """
 
     @event.listens_for(engine.sync_engine, "do_connect")
