@@ -42,13 +42,19 @@ def run_backtest(
     *,
     progress: Progress | None = None,
     loop: Literal["compiled", "python"] = "compiled",
+    series: Mapping[str, AgentSeries] | None = None,
 ) -> BacktestResult:
     """Agents, decision and account over ``history``'s period (see the module docstring);
-    ``loop`` picks the account loop's implementation (the same result either way)."""
+    ``loop`` picks the account loop's implementation (the same result either way).
+
+    ``series``: the agents' series `signals.agent_series` already computed over this
+    ``history`` with these ``agents`` (a sweep computes them once); None computes them.
+    """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     fresh = fresh_mask(history)
-    series = agent_series(history, agents, progress, fresh=fresh)
+    if series is None:
+        series = agent_series(history, agents, progress, fresh=fresh)
     timings["agents_s"] = time.perf_counter() - t0
     n_all = len(history.candles)
 

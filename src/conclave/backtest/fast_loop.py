@@ -43,6 +43,33 @@ def _reason(code: int, value: float, size: float, fraction: float) -> str:
     return _FLATTEN
 
 
+def kernel_terms(
+    settings: BacktestSettings, bar_ms: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    """The kernel's float and integer terms of ``settings`` (`fast_kernel.kernel`'s layout)."""
+    cfg = settings.account
+    fnum = np.array(
+        [settings.fee_rate, settings.slippage, settings.starting_balance,
+         cfg.max_position_fraction, cfg.min_order_notional, cfg.qty_step,
+         *cfg.drawdown_limits, *cfg.daily_loss_limits, cfg.max_exposure,
+         cfg.warn_multiplier, cfg.reduce_multiplier, cfg.hysteresis],
+        dtype=np.float64,
+    )  # fmt: skip
+    inum = np.array(
+        [bar_ms, cfg.stoploss_streak, cfg.stoploss_pause_bars, cfg.cooldown_bars,
+         int(cfg.halt_action == "flatten"), cfg.halt_resume_s],
+        dtype=np.int64,
+    )  # fmt: skip
+    return fnum, inum
+
+
+def kernel_buffers(n: int) -> tuple[npt.NDArray[Any], ...]:
+    """The kernel's outputs for ``n`` bars: per-bar floats and ints, fills' floats and ints."""
+    floats, ints = np.float64, np.int64
+    return (np.empty((6, n), dtype=floats), np.empty((5, n), dtype=ints),
+            np.empty((6, n + 1), dtype=floats), np.empty((4, n + 1), dtype=ints))  # fmt: skip
+
+
 def simulate_compiled(
     period: Candles, pre: PreDecision, settings: BacktestSettings, progress: Progress | None = None
 ) -> AccountTrace:
@@ -56,22 +83,8 @@ def simulate_compiled(
     n = len(period)
     if progress is not None:
         progress("account", 0, n)
-    fnum = np.array(
-        [settings.fee_rate, settings.slippage, settings.starting_balance,
-         cfg.max_position_fraction, cfg.min_order_notional, cfg.qty_step,
-         *cfg.drawdown_limits, *cfg.daily_loss_limits, cfg.max_exposure,
-         cfg.warn_multiplier, cfg.reduce_multiplier, cfg.hysteresis],
-        dtype=np.float64,
-    )  # fmt: skip
-    inum = np.array(
-        [period.timeframe.ms, cfg.stoploss_streak, cfg.stoploss_pause_bars, cfg.cooldown_bars,
-         int(cfg.halt_action == "flatten"), cfg.halt_resume_s],
-        dtype=np.int64,
-    )  # fmt: skip
-    out_f = np.empty((6, n), dtype=np.float64)
-    out_i = np.empty((5, n), dtype=np.int64)
-    fills_f = np.empty((6, n + 1), dtype=np.float64)
-    fills_i = np.empty((4, n + 1), dtype=np.int64)
+    fnum, inum = kernel_terms(settings, period.timeframe.ms)
+    out_f, out_i, fills_f, fills_i = kernel_buffers(n)
 
     def arr(x: npt.ArrayLike, dtype: type) -> npt.NDArray[Any]:
         # contiguous and writable (copied when read-only): one compiled signature for all

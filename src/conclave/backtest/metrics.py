@@ -109,7 +109,12 @@ def period_years(result: BacktestResult) -> float:
     """Years (365.25 days) from the first bar's open to the last bar's close; 0 when empty."""
     if len(result) == 0:
         return 0.0
-    return float(result.close_time[-1] - result.open_time[0]) / YEAR_MS
+    return years_between(int(result.open_time[0]), int(result.close_time[-1]))
+
+
+def years_between(first_open_ms: int, last_close_ms: int) -> float:
+    """Years (365.25 days) from ``first_open_ms`` to ``last_close_ms`` (ms UTC)."""
+    return float(last_close_ms - first_open_ms) / YEAR_MS
 
 
 def bar_returns(equity: F64, starting_balance: float) -> F64:
@@ -137,9 +142,19 @@ def buy_and_hold_equity(result: BacktestResult) -> F64:
     open (slippage and fee as the strategy pays them), no cash left."""
     if len(result) == 0:
         return np.empty(0, dtype=np.float64)
-    price = float(result.open[0]) * (1.0 + result.slippage)
-    qty = result.starting_balance / (price * (1.0 + result.fee_rate)) if price > 0 else 0.0
-    out: F64 = qty * np.asarray(result.close, dtype=np.float64)
+    return buy_and_hold_curve(
+        float(result.open[0]), result.close, result.starting_balance, result.fee_rate,
+        result.slippage,
+    )  # fmt: skip
+
+
+def buy_and_hold_curve(
+    first_open: float, close: F64, starting_balance: float, fee_rate: float, slippage: float
+) -> F64:
+    """`buy_and_hold_equity` of bars whose first open is ``first_open`` and closes ``close``."""
+    price = first_open * (1.0 + slippage)
+    qty = starting_balance / (price * (1.0 + fee_rate)) if price > 0 else 0.0
+    out: F64 = qty * np.asarray(close, dtype=np.float64)
     return out
 
 
@@ -156,7 +171,8 @@ def _sharpe_sortino(r: F64, per_year: float) -> tuple[float | None, float | None
     return sharpe, sortino
 
 
-def _cagr(total_return: float, years: float) -> float | None:
+def cagr(total_return: float, years: float) -> float | None:
+    """The yearly growth rate of ``total_return`` over ``years``; None under one day."""
     if years * 365.25 < 1.0:
         return None
     growth = 1.0 + total_return
@@ -171,7 +187,7 @@ def headline(equity: F64, starting_balance: float, *, years: float, per_year: fl
     mdd = float(np.max(drawdown(equity, starting_balance))) if equity.size else 0.0
     return Headline(
         total_return=total,
-        cagr=_cagr(total, years),
+        cagr=cagr(total, years),
         sharpe=sharpe,
         sortino=sortino,
         max_drawdown=max(0.0, mdd),

@@ -15,15 +15,18 @@ from rich.table import Table
 from rich.text import Text
 
 
-def _pct(x: Any) -> str:
+def pct(x: Any) -> str:
+    """A fraction as a signed percentage (``+1.23%``); ``-`` for None."""
     return "-" if x is None else f"{100.0 * float(x):+.2f}%"
 
 
-def _dd(x: Any) -> str:
+def dd(x: Any) -> str:
+    """A drawdown (a fraction) as a loss (``-12.34%``); ``-`` for None."""
     return "-" if x is None else f"{-100.0 * float(x):.2f}%"
 
 
-def _num(x: Any, digits: int = 2) -> str:
+def num(x: Any, digits: int = 2) -> str:
+    """A number with thousands separators and ``digits`` decimals; ``-`` for None."""
     return "-" if x is None else f"{float(x):,.{digits}f}"
 
 
@@ -33,17 +36,17 @@ def _performance(perf: Mapping[str, Any]) -> Table:
     for name in ("", "strategy", "buy and hold"):
         table.add_column(name, justify="left" if not name else "right")
     rows = [
-        ("total return", _pct(perf["totalReturn"]), _pct(bh["totalReturn"])),
-        ("CAGR", _pct(perf["cagr"]), _pct(bh["cagr"])),
-        ("Sharpe", _num(perf["sharpe"]), _num(bh["sharpe"])),
-        ("Sortino", _num(perf["sortino"]), _num(bh["sortino"])),
-        ("max drawdown", _dd(perf["maxDrawdown"]), _dd(bh["maxDrawdown"])),
-        ("win rate (sells)", _pct(perf["winRate"]).lstrip("+"), ""),
+        ("total return", pct(perf["totalReturn"]), pct(bh["totalReturn"])),
+        ("CAGR", pct(perf["cagr"]), pct(bh["cagr"])),
+        ("Sharpe", num(perf["sharpe"]), num(bh["sharpe"])),
+        ("Sortino", num(perf["sortino"]), num(bh["sortino"])),
+        ("max drawdown", dd(perf["maxDrawdown"]), dd(bh["maxDrawdown"])),
+        ("win rate (sells)", pct(perf["winRate"]).lstrip("+"), ""),
         ("trades (fills)", f"{perf['trades']:,} ({perf['roundTrips']:,} round trips)", "1"),
-        ("exposure: time in market", _pct(perf["timeInMarket"]).lstrip("+"), "100.00%"),
-        ("exposure: mean of equity", _pct(perf["meanExposure"]).lstrip("+"), "100.00%"),
-        ("fees paid", _num(perf["feesPaid"]), ""),
-        ("final equity", _num(perf["finalEquity"]), _num(bh["finalEquity"])),
+        ("exposure: time in market", pct(perf["timeInMarket"]).lstrip("+"), "100.00%"),
+        ("exposure: mean of equity", pct(perf["meanExposure"]).lstrip("+"), "100.00%"),
+        ("fees paid", num(perf["feesPaid"]), ""),
+        ("final equity", num(perf["finalEquity"]), num(bh["finalEquity"])),
     ]
     for row in rows:
         table.add_row(*row)
@@ -58,8 +61,8 @@ def _skill(skill: list[Mapping[str, Any]]) -> Table:
         table.add_row(
             Text(s["name"]),
             f"{s['signals']:,}",
-            _pct(s["hitRate"]).lstrip("+") if s["hitRate"] is not None else "-",
-            _num(s["ic"], 4),
+            pct(s["hitRate"]).lstrip("+") if s["hitRate"] is not None else "-",
+            num(s["ic"], 4),
             "-" if s["meanSignedReturn"] is None else f"{1e4 * s['meanSignedReturn']:+.2f} bp",
         )
     return table
@@ -122,7 +125,7 @@ def print_summary(out: Console, summary: Mapping[str, Any]) -> None:
         out.print("gaps: none", markup=False)
     t = summary["timings"]
     out.print(
-        f"excess return over buy and hold: {_pct(perf['excess'])}; backtest"
+        f"excess return over buy and hold: {pct(perf['excess'])}; backtest"
         f" took {t.get('total_s', 0.0):.3f} s: agents {t.get('agents_s', 0.0):.3f} s,"
         f" decision {t.get('decision_s', 0.0):.3f} s, account {t.get('account_s', 0.0):.3f} s",
         markup=False,
