@@ -89,7 +89,11 @@ async def _contexts(source: Any, symbol: str, tf: str, times: list[int], limit: 
     for as_of in times:
         snap = await gateway.snapshot(symbol, tf, higher=higher, limit=max(limit, lookback),
                                       as_of_ms=as_of, require_fresh=False)  # fmt: skip
-        out.append(PipelineContext.from_snapshot(snap, account_id=None))
+        # the windows as the exchange gave them (not filled, B3): the pins hold the agents'
+        # arithmetic, whatever the pipeline does with gaps
+        out.append(PipelineContext(None, snap.symbol, snap.timeframe, snap.as_of_ms,
+                                   dict(snap.candles), source=snap.source,
+                                   simulated=snap.simulated))  # fmt: skip
     await gateway.aclose()
     return out
 

@@ -1,4 +1,4 @@
-"""Candle validation properties (RELIABILITY.md B1 to B5), with hypothesis."""
+"""Candle validation properties (RELIABILITY.md B1 to B5), with hypothesis; B3's fill."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from conclave.market.validation import (
     check_fresh,
     drop_unclosed,
     fill_gaps,
+    fill_window,
     find_gaps,
     invalid_row_reasons,
     reject_invalid_rows,
@@ -120,6 +121,45 @@ def test_b3_gaps_reported_and_filled_on_an_exact_grid(
     for i in np.flatnonzero(flags):
         assert filled.open[i] == filled.high[i] == filled.low[i] == filled.close[i]
         assert filled.close[i] == filled.close[i - 1]
+
+
+def test_b3_fill_window_fills_through_the_newest_closed_bar_while_fresh() -> None:
+    """The bar closed at as_of but missing is filled (the data is fresh); once the newest
+    bar is stale nothing is made up after it."""
+    c = Candles.from_arrays(
+        "BTCUSDT", H1, [T0, T0 + HOUR_MS, T0 + 2 * HOUR_MS], [5, 6, 7], [6, 7, 8],
+        [4, 5, 6], [6, 7, 7.5], [1, 2, 3],
+    )  # fmt: skip
+    out, report = fill_window(c, T0 + 4 * HOUR_MS + 10)  # the bar of T0 + 3h has closed
+    assert out.open_time.tolist() == [T0 + i * HOUR_MS for i in range(4)]
+    assert (out.open[3], out.high[3], out.low[3], out.close[3], out.volume[3]) == (
+        7.5, 7.5, 7.5, 7.5, 0.0,
+    )  # fmt: skip
+    assert (report.bars, report.filled, report.degraded) == (4, 1, True)
+    out, report = fill_window(c, T0 + 6 * HOUR_MS)
+    assert out.equals(c)
+    assert (report.bars, report.filled, report.degraded) == (3, 0, False)
+
+
+def test_b3_monthly_gaps_fill_on_calendar_months() -> None:
+    """A missing month is filled at its calendar open (months are 28 to 31 days long)."""
+    months = [1577836800000, 1580515200000, 1585699200000]  # 2020-01, 2020-02, 2020-04
+    c = Candles.from_arrays("BTCUSD", "1M", months, [5, 6, 7], [6, 7, 8], [4, 5, 6],
+                            [6, 7, 7], [1, 2, 3])  # fmt: skip
+    out, made = fill_gaps(c)
+    assert out.open_time.tolist() == [1577836800000, 1580515200000, 1583020800000, 1585699200000]
+    assert made.tolist() == [False, False, True, False]
+    assert out.close[2] == 7.0
+
+
+def test_fill_gaps_leaves_bars_off_the_grid_alone() -> None:
+    """A bar that does not open on the timeframe's grid has no slot: nothing is filled."""
+    times = [T0, T0 + HOUR_MS, T0 + 3 * HOUR_MS + 30 * MINUTE_MS]
+    c = Candles.from_arrays("BTCUSDT", H1, times, [5, 5, 5], [6, 6, 6], [4, 4, 4],
+                            [5, 5, 5], [1, 1, 1])  # fmt: skip
+    out, made = fill_gaps(c)
+    assert out.equals(c)
+    assert not made.any()
 
 
 @PROPS

@@ -251,14 +251,14 @@ def check_lookahead(
     """Series on the history cut at each of ``cuts`` bars equals the full series up to it."""
     t0 = time.perf_counter()
     names = [a for a in agents if a != "risk-manager"]
-    full = {a: agents[a].series(history.input_for(agents[a])) for a in names}
+    full = {a: history.series(agents[a]) for a in names}
     report = LookaheadReport(cuts=lookahead_cuts(len(history.candles), cuts, seed), agents=names)
     for a in names:
         report.differing[a] = 0
     for k, t in enumerate(report.cuts):
         known = history_until(history, t)
         for a in names:
-            cut = agents[a].series(known.input_for(agents[a]))
+            cut = known.series(agents[a])
             whole = full[a]
             arrays = [(cut.score, whole.score[: t + 1])]
             arrays.append((cut.confidence, whole.confidence[: t + 1]))

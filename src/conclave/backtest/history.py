@@ -3,9 +3,16 @@
 `load_history` reads the period's bars plus the agents' warm-up (the longest lookback).
 Higher timeframes are built the way the live gateway builds them for this source (resampled
 from the base, or read from the source), and news is every headline up to the end (each bar
-reads only those published by its close). Gaps in the history are kept, never filled.
-What validation removed on the way (rows rejected by reason, duplicates merged, the open
-bar dropped) is kept on `History.validation` for the report.
+reads only those published by its close). What validation removed on the way (rows
+rejected by reason, duplicates merged, the open bar dropped) is kept on
+`History.validation` for the report.
+
+Gaps stay in the bars the backtest trades on (``History.candles``: an order fills at the
+next bar that exists). The agents read every series filled as the live pipeline fills its
+windows (RELIABILITY.md B3, `conclave.market.validation.fill_gaps`): a missing bar is a flat
+bar at the previous close with volume 0, higher timeframes filled through the newest bar
+closed at each base bar. `History.series` runs an agent over the filled base and gives its
+values at the traded bars, so each equals the live step's at that bar's close.
 """
 
 from __future__ import annotations
@@ -13,17 +20,19 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from conclave.agents import Agent, AgentInput
+from conclave.agents import Agent, AgentInput, SeriesOutput
 from conclave.errors import InsufficientDataError, InvalidCandlesError
 from conclave.market.candles import Candles
 from conclave.market.gateway import MarketGateway, ResamplePolicy
 from conclave.market.resample import resample
 from conclave.market.sources.base import MAX_LIMIT, CandleSource
-from conclave.market.validation import ValidationReport, validate
+from conclave.market.validation import ValidationReport, fill_gaps, last_closed_open, validate
 from conclave.news.headline import Headline, base_asset
 from conclave.news.sources import NewsSource
 from conclave.pipeline.context import InputPlan, fetch_plan, higher_limits
@@ -128,6 +137,11 @@ class History:
     windows; no trading there). ``higher`` maps higher timeframe names to their whole
     history; ``resampled`` names those built from the base (as the live gateway would).
     ``validation`` counts what validation removed while loading (None: built by hand).
+
+    Derived (B3): ``grid`` is ``candles`` with every missing bar filled flat, ``on_grid``
+    the index in it of each bar of ``candles``, ``filled_higher`` each higher timeframe
+    filled through the newest bar closed at the last base bar's close. The agents read
+    these (`input_for`, `series`); gaps in ``candles`` and ``higher`` stay as read.
     """
 
     symbol: str
@@ -140,24 +154,56 @@ class History:
     source: str
     simulated: bool
     validation: HistoryValidation | None = None
+    grid: Candles = field(init=False)
+    on_grid: npt.NDArray[np.int64] = field(init=False)
+    filled_higher: Mapping[str, Candles] = field(init=False)
+
+    def __post_init__(self) -> None:
+        grid, made = fill_gaps(self.candles)
+        end = int(self.candles.close_time[-1]) if len(self.candles) else None
+        higher: dict[str, Candles] = {}
+        for name, hc in self.higher.items():
+            through = None if end is None else last_closed_open(hc.timeframe, end)
+            higher[name] = fill_gaps(hc, through_open_ms=through)[0]
+        object.__setattr__(self, "grid", grid)
+        object.__setattr__(self, "on_grid", np.flatnonzero(~made).astype(np.int64))
+        object.__setattr__(self, "filled_higher", MappingProxyType(higher))
 
     @property
     def period(self) -> Candles:
         """The bars of the period (no warm-up)."""
         return self.candles.take(slice(self.start, None))
 
+    @property
+    def bars_seen(self) -> npt.NDArray[np.int64]:
+        """For each bar of ``candles``, the filled bars from the history's first one to it:
+        what a live window starting there holds (an agent's ``min_bars`` counts these)."""
+        return self.on_grid + 1
+
     def input_for(self, agent: Agent) -> AgentInput:
-        """``agent``'s input over the whole history (only what it declares)."""
+        """``agent``'s input over the whole history, filled (only what it declares); its
+        series has one value per bar of ``grid`` (`series` gives them per bar of ``candles``)."""
         plan = InputPlan.of(agent, self.timeframe)
-        higher = {h: self.higher[h] for h in plan.higher if h in self.higher}
+        higher = {h: self.filled_higher[h] for h in plan.higher if h in self.filled_higher}
         return AgentInput(
             symbol=self.symbol,
             timeframe=self.timeframe,
-            as_of_ms=int(self.candles.close_time[-1]),
-            candles=self.candles,
+            as_of_ms=int(self.grid.close_time[-1]),
+            candles=self.grid,
             higher=higher,
             news=self.news if plan.news else None,
             account=None,
+        )
+
+    def series(self, agent: Agent) -> SeriesOutput:
+        """``agent``'s series over the filled history, one value per bar of ``candles``."""
+        out = agent.series(self.input_for(agent))
+        if len(self.grid) == len(self.candles):
+            return out
+        at = self.on_grid
+        columns = {k: v[at] for k, v in out.columns.items()}
+        return SeriesOutput(
+            out.score[at], out.confidence[at], out.evidence, out.status, out.reason, columns
         )
 
 

@@ -100,7 +100,7 @@ def agent_series(
 def _timed(agent: Agent, history: History) -> tuple[SeriesOutput, float]:
     """The agent's series over the history, and the wall time it took (s)."""
     t0 = time.perf_counter()
-    res = agent.series(history.input_for(agent))
+    res = history.series(agent)
     return res, time.perf_counter() - t0
 
 
@@ -117,7 +117,8 @@ def _usable(
     n = idx.shape[0]
     need = agent.min_bars(history.timeframe)
     answered = res.status in ("ok", "no_data")
-    usable = (idx + 1 >= need) & fresh & res.has_data() if answered else np.zeros(n, bool)
+    enough = history.bars_seen >= need  # the live window holds the filled bars (B3)
+    usable = enough & fresh & res.has_data() if answered else np.zeros(n, bool)
     if name == SIZING_AGENT:
         mult = res.columns.get("size_multiplier")
         if mult is None:

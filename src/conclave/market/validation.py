@@ -4,6 +4,12 @@ Each function takes candles and returns new candles plus what it found; none rea
 clock (``as_of_ms`` is always an argument) and none does I/O. `validate` chains them in the
 order that makes each step's assumption true for the next: sort and merge duplicates, reject
 rows that break OHLC invariants, drop the still-open candle, report gaps, refuse stale data.
+
+Validation leaves gaps in the data (the cache and the backtest's trades keep the bars the
+exchange gave); `fill_window` fills them for the agents (B3): every missing bar, up to the
+newest one closed at ``as_of_ms``, becomes a flat bar at the previous close with volume 0,
+and its `FillReport` counts them. More than `MAX_MISSING_RATIO` of a window's bars missing
+makes a run degraded.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from conclave.timeframes import MINUTE_MS, Timeframe
 
 #: freqtrade's rule: the newest closed candle may be at most 2 x timeframe + 5 min old.
 STALE_GRACE_MS = 5 * MINUTE_MS
+#: A window with more than this share of its bars missing (filled) degrades the run (B3).
+MAX_MISSING_RATIO = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,36 +170,108 @@ def find_gaps(candles: Candles) -> GapReport:
     return GapReport(len(gaps), sum(g.missing_bars for g in gaps), gaps)
 
 
-def fill_gaps(candles: Candles) -> tuple[Candles, npt.NDArray[np.bool_]]:
+def _slots(tf: Timeframe, first_ms: int, last_ms: int) -> npt.NDArray[np.int64]:
+    """Open times of every bar from ``first_ms`` to the last one opening by ``last_ms``."""
+    n = tf.bars_between(first_ms, last_ms) + 1
+    if tf.is_monthly:
+        month = np.datetime64(first_ms, "ms").astype("datetime64[M]")
+        months = month + np.arange(n, dtype=np.int64) * tf.count
+        out: npt.NDArray[np.int64] = months.astype("datetime64[ms]").astype(np.int64)
+        return out
+    return first_ms + np.arange(n, dtype=np.int64) * tf.ms
+
+
+def fill_gaps(
+    candles: Candles, *, through_open_ms: int | None = None
+) -> tuple[Candles, npt.NDArray[np.bool_]]:
     """Insert a flat bar (O=H=L=C=previous close, volume 0) for every missing bar (B3).
 
-    Returns the filled candles and a boolean mask that is true on inserted bars. Callers
-    decide whether to fill: the gateway reports gaps and leaves the data as the exchange
-    gave it.
+    Fills between the first and the last bar and, with ``through_open_ms``, after the last
+    one up to the bar opening then (ms UTC). A filled bar reads only the bars before it.
+    Returns the filled candles and a boolean mask that is true on inserted bars; candles
+    whose open times do not lie on one timeframe grid are returned as they are.
     """
-    report = find_gaps(candles)
-    if report.count == 0 or candles.timeframe.is_monthly:
-        return candles, np.zeros(len(candles), dtype=bool)
-    tf = candles.timeframe
-    first, last = int(candles.open_time[0]), int(candles.open_time[-1])
-    grid = np.arange(first, last + tf.ms, tf.ms, dtype=np.int64)
-    pos = np.searchsorted(grid, candles.open_time)
-    present = np.zeros(len(grid), dtype=bool)
+    n = len(candles)
+    none = np.zeros(n, dtype=np.bool_)
+    if n == 0:
+        return candles, none
+    tf, t = candles.timeframe, candles.open_time
+    first, last = int(t[0]), int(t[-1])
+    end = last if through_open_ms is None else max(last, int(through_open_ms))
+    slots = tf.bars_between(first, end) + 1
+    if slots == n:  # the common case: complete, nothing to build
+        return candles, none
+    grid = _slots(tf, first, end)
+    pos = np.searchsorted(grid, t)
+    if slots < n or pos[-1] >= slots or not np.array_equal(grid[pos], t):
+        return candles, none  # a bar off the grid: there is no slot to fill around it
+    present = np.zeros(slots, dtype=np.bool_)
     present[pos] = True
     # index of the latest real bar at or before each grid slot
     src = np.maximum.accumulate(np.where(present, np.cumsum(present) - 1, -1))
     prev_close = candles.close[src]
     cols: dict[str, npt.NDArray[Any]] = {"open_time": grid}
     for name in ("open", "high", "low", "close"):
-        cols[name] = np.where(present, 0.0, prev_close)
-        cols[name][pos] = getattr(candles, name)
+        col = np.array(prev_close, dtype=np.float64)
+        col[pos] = getattr(candles, name)
+        cols[name] = col
     for name in ("volume", "taker_buy_volume", "trades"):
         col = getattr(candles, name)
         if col is not None:
-            filled = np.zeros(len(grid), dtype=col.dtype)
+            filled = np.zeros(slots, dtype=col.dtype)
             filled[pos] = col
             cols[name] = filled
     return candles.with_columns(cols), ~present
+
+
+@dataclass(frozen=True, slots=True)
+class FillReport:
+    """One window as the agents see it: ``bars`` in it, ``filled`` of them missing (B3)."""
+
+    timeframe: str
+    bars: int
+    filled: int
+
+    @property
+    def ratio(self) -> float:
+        """Filled bars as a share of the window (0 for an empty window)."""
+        return self.filled / self.bars if self.bars else 0.0
+
+    @property
+    def degraded(self) -> bool:
+        """True when more than `MAX_MISSING_RATIO` of the window's bars were missing."""
+        return self.ratio > MAX_MISSING_RATIO
+
+    def describe(self) -> str:
+        """``1h 5 of 405 bars missing (1.23 %)``."""
+        pct = 100.0 * self.ratio
+        return f"{self.timeframe} {self.filled} of {self.bars} bars missing ({pct:.2f} %)"
+
+    def to_wire(self) -> dict[str, Any]:
+        """``{"bars", "missing", "missingPct", "degraded"}``."""
+        return {
+            "bars": self.bars,
+            "missing": self.filled,
+            "missingPct": round(100.0 * self.ratio, 4),
+            "degraded": self.degraded,
+        }
+
+
+def last_closed_open(tf: Timeframe, as_of_ms: int) -> int:
+    """Open time (ms UTC) of the newest bar of ``tf`` closed at ``as_of_ms``."""
+    return tf.add(tf.floor(as_of_ms), -1)
+
+
+def fill_window(candles: Candles, as_of_ms: int) -> tuple[Candles, FillReport]:
+    """``candles`` with every missing bar filled flat (see `fill_gaps`), through the newest
+    bar closed at ``as_of_ms`` when the data is fresh then (stale data gets no bars made
+    up after its end), and how many of the window's bars were filled."""
+    through = None
+    newest = candles.last_open_ms
+    if newest is not None and newest >= stale_before(candles.timeframe, as_of_ms):
+        through = last_closed_open(candles.timeframe, as_of_ms)
+    out, filled = fill_gaps(candles, through_open_ms=through)
+    return out, FillReport(candles.timeframe.name, len(out), int(np.count_nonzero(filled)))
 
 
 def stale_before(tf: Timeframe, as_of_ms: Any) -> Any:
@@ -225,7 +305,8 @@ def validate(
 
     Sorts and merges duplicates, removes invalid rows (``strict`` raises
     `InvalidCandlesError` instead), drops bars not closed at ``as_of_ms``, reports gaps
-    without filling them and, with ``require_fresh``, raises `StaleDataError` on stale data.
+    without filling them (`fill_window` does) and, with ``require_fresh``, raises
+    `StaleDataError` on stale data.
     """
     out, merged = sort_and_merge_duplicates(candles)
     out, rejected = reject_invalid_rows(out)

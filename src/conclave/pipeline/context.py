@@ -6,6 +6,12 @@ news and the account state. `PipelineContext.input_for` cuts it to one agent's o
 (``Agent.lookback``), so an agent sees exactly the window the backtester gives it at the
 same bar and the live result equals the backtester's value bit for bit.
 
+`PipelineContext.from_snapshot` fills each timeframe's window (RELIABILITY.md B3,
+`conclave.market.validation.fill_window`): a bar the exchange did not give, up to the newest
+one closed at ``as_of_ms``, is a flat bar at the previous close with volume 0, so every step
+the agents see is exactly one timeframe; ``gaps`` says how many bars of each window were
+filled. The backtest's `History` fills its series the same way.
+
 A `StepResult` is one agent's answer as the orchestrator records it. A step that did not
 give a usable answer (error, timeout, stale or insufficient data, values out of range) has
 ``score`` and ``confidence`` ``None``: it is never counted as a score of 0. Nor has a step
@@ -26,6 +32,7 @@ from conclave.agents import AccountState, Agent, AgentInput, AgentResult
 from conclave.agents.plain import wire_answer
 from conclave.market.candles import Candles
 from conclave.market.gateway import MarketSnapshot
+from conclave.market.validation import FillReport, fill_window
 from conclave.news.headline import Headline
 from conclave.timeframes import Timeframe
 
@@ -52,7 +59,8 @@ class PipelineContext:
 
     ``candles`` maps timeframe names to closed candles (the run's ``timeframe`` and the
     higher ones). ``news`` None means no news source; ``news_error`` says why reading the
-    configured one failed (the news agent's step then fails with that reason).
+    configured one failed (the news agent's step then fails with that reason). ``gaps``
+    maps timeframe names to how many bars of that window were filled (B3).
     """
 
     account_id: str | None
@@ -65,6 +73,7 @@ class PipelineContext:
     account: AccountState = field(default_factory=AccountState.fresh)
     source: str = ""
     simulated: bool = False
+    gaps: Mapping[str, FillReport] = field(default_factory=dict)
 
     @classmethod
     def from_snapshot(
@@ -76,24 +85,35 @@ class PipelineContext:
         news_error: str = "",
         account: AccountState | None = None,
     ) -> PipelineContext:
-        """A context over ``snapshot``'s candles (fresh account state unless given)."""
+        """A context over ``snapshot``'s candles, each window with its missing bars filled
+        (fresh account state unless given)."""
+        candles: dict[str, Candles] = {}
+        gaps: dict[str, FillReport] = {}
+        for name, window in snapshot.candles.items():
+            candles[name], gaps[name] = fill_window(window, snapshot.as_of_ms)
         return cls(
             account_id=account_id,
             symbol=snapshot.symbol,
             timeframe=snapshot.timeframe,
             as_of_ms=snapshot.as_of_ms,
-            candles=dict(snapshot.candles),
+            candles=candles,
             news=news,
             news_error=news_error,
             account=account if account is not None else AccountState.fresh(),
             source=snapshot.source,
             simulated=snapshot.simulated,
+            gaps=gaps,
         )
 
     @property
     def base(self) -> Candles:
         """The candles of the run's timeframe."""
         return self.candles[self.timeframe]
+
+    @property
+    def filled(self) -> dict[str, FillReport]:
+        """The windows that had bars filled (B3), by timeframe name; empty when complete."""
+        return {name: report for name, report in self.gaps.items() if report.filled}
 
     def input_for(self, agent: Agent) -> AgentInput:
         """The input ``agent`` sees: its own lookback of bars and only what it declares."""

@@ -11,7 +11,10 @@ their roles come from the pipeline's `Registry` (default `conclave.agents.REGIST
 Data problems never escape as exceptions: stale data or a failing source turn every step
 into a failed one with that reason (``stale_data`` or ``error``) and the decision into
 ``no_signal`` with the same reason (RELIABILITY.md B4). Bad input (symbol, timeframe) is
-not a data problem and raises `InvalidRequestError` before any I/O.
+not a data problem and raises `InvalidRequestError` before any I/O. Bars missing from a
+window are filled before the agents see it (B3, `PipelineContext.from_snapshot`); the run
+names each window that had any (`PipelineRun.gaps`) and is degraded, reason ``gaps``, when
+more than 1 % of a window's bars were missing.
 
 While tracing is on (`conclave.observability.tracing`) a run is the span ``pipeline.run``
 (run id, account, symbol, timeframe, mode) over ``market.fetch``, one ``agent.call <name>``
@@ -24,7 +27,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Self
 
 import structlog
@@ -39,6 +42,7 @@ from conclave.errors import (
     StaleDataError,
 )
 from conclave.market.gateway import MarketGateway, MarketSnapshot
+from conclave.market.validation import FillReport
 from conclave.news.headline import base_asset
 from conclave.news.sources import NewsSource
 from conclave.observability import tracing
@@ -68,7 +72,11 @@ log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class PipelineRun:
-    """A finished run: its id, what it read, every step and the decision."""
+    """A finished run: its id, what it read, every step and the decision.
+
+    ``gaps`` names each window that had bars filled (B3) with its counts; empty when every
+    window was complete (or no data was read).
+    """
 
     run_id: str
     account_id: str | None
@@ -81,11 +89,18 @@ class PipelineRun:
     decision: Decision
     duration_ms: float
     started_at: str
+    gaps: Mapping[str, FillReport] = field(default_factory=dict)
 
     @property
     def degraded(self) -> bool:
-        """True when any step failed or is missing."""
+        """True when any step failed or is missing, or a window missed more than 1 % of its
+        bars (the decision says which)."""
         return self.decision.degraded
+
+    @property
+    def gaps_filled(self) -> bool:
+        """True when any bar the agents read was filled (B3)."""
+        return any(report.filled for report in self.gaps.values())
 
     @property
     def missing_agents(self) -> tuple[str, ...]:
@@ -107,6 +122,8 @@ class PipelineRun:
             "degraded": self.degraded,
             "missingAgents": list(self.missing_agents),
             "durationMs": round(self.duration_ms, 3),
+            # last: the run store keeps it in the row's extra JSON, which reads back last
+            "gaps": {name: report.to_wire() for name, report in self.gaps.items()},
         }
 
 
@@ -313,7 +330,9 @@ class Pipeline:
                 run = await self._run(run_id, account_id, symbol, timeframe, as_of_ms, now_iso)
                 if run.degraded:
                     missing = list(run.missing_agents)
-                    log.warning("run_degraded", decision=run.decision.status, missing=missing)
+                    gaps = [r.describe() for r in run.gaps.values() if r.degraded]
+                    log.warning("run_degraded", decision=run.decision.status, missing=missing,
+                                gaps=gaps)  # fmt: skip
                 return run
         finally:
             RUN_ID.reset(token)
@@ -357,17 +376,30 @@ class Pipeline:
                 decision, (time.perf_counter() - t0) * 1000.0, now_iso,
             )  # fmt: skip
         context = await self.context(snapshot, account_id)
+        gaps = context.filled
+        if gaps:
+            log.info("gaps_filled", symbol=symbol, timeframe=tf,
+                     windows=[r.describe() for r in gaps.values()])  # fmt: skip
         steps = await self.run_steps(context, now_iso=now_iso)
         self._log_failed(steps)
         with tracing.span("decision") as span:
-            decision = decide(steps, self.config, self.registry)
+            decision = degrade_for_gaps(decide(steps, self.config, self.registry), gaps)
             if span.is_recording():
                 span.set_attributes({"conclave.decision.status": decision.status,
                                      "conclave.decision.degraded": decision.degraded})  # fmt: skip
         return PipelineRun(
             run_id, account_id, symbol, tf, as_of_ms, snapshot.simulated, snapshot.source,
-            steps, decision, (time.perf_counter() - t0) * 1000.0, now_iso,
+            steps, decision, (time.perf_counter() - t0) * 1000.0, now_iso, gaps,
         )  # fmt: skip
+
+
+def degrade_for_gaps(decision: Decision, gaps: Mapping[str, FillReport]) -> Decision:
+    """``decision`` marked degraded, its reason ending ``gaps: <window> N of M bars missing
+    (x %)``, when a window of ``gaps`` missed more than 1 % of its bars (B3); else as is."""
+    over = [report.describe() for report in gaps.values() if report.degraded]
+    if not over:
+        return decision
+    return replace(decision, degraded=True, reason=f"{decision.reason}; gaps: {', '.join(over)}")
 
 
 def _record_step(span: Any, name: str, mode: str, step: StepResult) -> None:

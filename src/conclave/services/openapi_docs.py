@@ -188,6 +188,15 @@ class Decision(_Open):
     risk_veto: bool = Field(alias="riskVeto")
 
 
+class GapWindow(_Open):
+    """A window that had bars filled (RELIABILITY B3): flat at the previous close, volume 0."""
+
+    bars: int = Field(ge=0)
+    missing: int = Field(ge=0)
+    missing_pct: float = Field(alias="missingPct", ge=0)
+    degraded: bool
+
+
 class Run(_Open):
     """A recorded run: what it read, every agent's answer and the decision."""
 
@@ -203,6 +212,12 @@ class Run(_Open):
     degraded: bool
     missing_agents: list[str] = Field(alias="missingAgents")
     duration_ms: float = Field(alias="durationMs")
+    gaps: dict[str, GapWindow] = Field(
+        default_factory=dict,
+        description="per timeframe, the windows that had missing bars filled (flat at the"
+        " previous close, volume 0); more than 1 % of a window missing degrades the run;"
+        " empty when every window was complete",
+    )
 
 
 class RunSummary(_Open):
