@@ -100,7 +100,7 @@ def _parse_yaml(name: str, text: str) -> Any:
     try:
         import yaml
     except ImportError:
-        raise fail(name, "reading YAML needs PyYAML (pip install pyyaml); or write the"
+        raise fail(name, "reading YAML needs PyYAML (pip install 'conclave[yaml]'); or write the"
                           " sweep as TOML") from None  # fmt: skip
     try:
         return yaml.safe_load(text)
