@@ -37,7 +37,8 @@ from conclave.errors import (
     AgentOutputError,
     InsufficientDataError,
 )
-from conclave.timeframes import iso_ms
+from conclave.market.candles import Candles
+from conclave.timeframes import Timeframe, iso_ms
 
 
 @lru_cache(maxsize=256)
@@ -180,11 +181,10 @@ class Agent(ABC):
         """
         t0 = time.perf_counter()
         n = len(data.candles)
-        keep = self.lookback(data.timeframe)
+        keep, need = self._sizes(data.timeframe)
         if n > keep:
             data = data.window(n, keep)
             n = keep
-        need = self.min_bars(data.timeframe)
         score = conf = 0.0
         if n < need:
             out = self._insufficient(0, f"needs {need} closed bars of {data.timeframe}, got {n}")
@@ -199,10 +199,61 @@ class Agent(ABC):
             except Exception as exc:
                 raise AgentError(f"{self.name} failed: {exc!r}", agent=self.name) from exc
             else:
-                self._validate(out, 1)
-                score, conf = float(out.score[0]), float(out.confidence[0])
-        cd = data.candles
-        as_of = iso_ms(cd.timeframe.close_time(int(cd.open_time[-1]))) if n else None
-        took = (time.perf_counter() - t0) * 1000.0  # the fields in order: score .. as_of
-        res = (score, conf, out.evidence, self.name, self.version, took, now_iso, as_of)
-        return AgentResult(*res, status=out.status, reason=out.reason)
+                score, conf = self._validate_last(out)
+        as_of = _close_iso(data.candles) if n else None
+        took = (time.perf_counter() - t0) * 1000.0
+        return AgentResult(score, conf, out.evidence, self.name, self.version, took, now_iso,
+                            as_of, out.status, out.reason)  # fmt: skip
+
+    def _sizes(self, timeframe: str) -> tuple[int, int]:
+        """``(lookback, min_bars)`` for ``timeframe``, asked once per (frozen) parameter
+        object: the live step reads them on every call."""
+        memo: tuple[AgentParams, dict[str, tuple[int, int]]] | None
+        memo = self.__dict__.get("_sizes_memo")
+        if memo is None or memo[0] is not self.params:
+            memo = (self.params, {})
+            self.__dict__["_sizes_memo"] = memo
+        got = memo[1].get(timeframe)
+        if got is None:
+            got = memo[1][timeframe] = (self.lookback(timeframe), self.min_bars(timeframe))
+        return got
+
+    def _validate_last(self, out: SeriesOutput) -> tuple[float, float]:
+        """`_validate` of the live bar (``n`` 1); its score and confidence as floats.
+
+        The common case (exact arrays of one value in range) is checked inline; anything
+        else goes through `_validate`, which raises the error naming what is wrong.
+        """
+        s, c = out.score, out.confidence
+        if type(s) is np.ndarray and type(c) is np.ndarray and s.shape == c.shape == (1,):
+            s_, c_ = float(s.item()), float(c.item())
+            # NaN fails every comparison and infinities the bounds: finite and inside
+            ok = -1.0 <= s_ <= 1.0 and 0.0 <= c_ <= 100.0
+            for col in out.columns.values():
+                ok = ok and type(col) is np.ndarray and col.shape == (1,)
+            if ok:
+                try:
+                    check_plain(out.evidence, "payload")
+                except TypeError as exc:
+                    raise AgentOutputError(f"{self.name}: {exc}", agent=self.name) from exc
+                return s_, c_
+        self._validate(out, 1)  # raises: something above failed
+        return float(s[0]), float(c[0])
+
+
+@lru_cache(maxsize=64)
+def bar_ms(tf: Timeframe) -> int:
+    """A bar's length in ms, 0 for months (their length varies): then a bar's close time
+    is its open time plus this (`Timeframe.close_time` without its arrays)."""
+    return 0 if tf.is_monthly else tf.ms
+
+
+def close_ms(tf: Timeframe, open_ms: int) -> int:
+    """`Timeframe.close_time` of one bar (ms), quickly where bars have a fixed length."""
+    step = bar_ms(tf)
+    return open_ms + step if step else tf.close_time(open_ms)
+
+
+def _close_iso(cd: Candles) -> str:
+    """The close time of the last bar of ``cd`` as ISO text (``as_of`` of the answer)."""
+    return iso_ms(close_ms(cd.timeframe, int(cd.open_time[-1])))

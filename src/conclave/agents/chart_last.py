@@ -1,11 +1,13 @@
 """Chart pattern confirmations of the last bars only, on plain floats (the live path).
 
 `detect_last` reports what `chart_patterns.detect` reports at the bars from ``since`` on,
-bar by bar with the same comparisons and arithmetic (IEEE doubles round the same in Python
-and numpy), so `PatternRecognition.compute_last` equals the series bit for bit without
-~130 array operations over the whole window. The swing prices of each side are tested once
-per new swing (`_Side`, `_Tri`); only the bar-dependent checks run per bar.
-tests/agents/test_last_bar.py checks it against `detect` on every bar of long histories.
+with the same comparisons and arithmetic (IEEE doubles round the same in Python and numpy),
+so `PatternRecognition.compute_last` equals the series bit for bit without ~130 array
+operations over the whole window. The swing prices of each side are tested once per new
+swing (`_Side`, `_Tri`); between two swings nothing but the close changes, so each pattern
+not yet confirmed in its run is looked for at its first breaking close there
+(`_side_hits`, `_tri_hits`). tests/agents/test_last_bar.py checks it against `detect` on
+every bar of long histories.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class Event:
 
 
 def detect_last(h: F64, lo: F64, c: F64, s: Settings, since: int) -> list[Event]:
-    """The confirmations `detect` reports at bars ``t >= since``, bar by bar on plain floats.
+    """The confirmations `detect` reports at bars ``t >= since``, on plain floats.
 
     The same comparisons and arithmetic as `detect` (IEEE doubles round the same), for the
     live path. A pattern confirmed at t belongs to a swing seen at most ``breakout_bars``
@@ -63,92 +65,129 @@ def detect_last(h: F64, lo: F64, c: F64, s: Settings, since: int) -> list[Event]
     hi, li = hi_idx.tolist(), lo_idx.tolist()
     trs = between(lo, hi_idx, np.minimum).tolist()  # trough before each swing high
     crs = between(h, lo_idx, np.maximum).tolist()  # crest before each swing low
-    hv, lv, cv = h.tolist(), lo.tolist(), c.tolist()
-    bb, k, n_h, n_l = s.breakout_bars, s.k, len(hi), len(li)
-    out: list[Event] = []
+    hsv, lsv = h[hi_idx].tolist(), lo[lo_idx].tolist()  # the swings' prices
+    bb, k, n_h, n_l, n = s.breakout_bars, s.k, len(hi), len(li), c.shape[0]
+    # the bars read one by one: closes from the scan's first bar on, highs and lows from
+    # the first bar an event's last swing can be at (``t - breakout_bars``, t >= since)
+    off = max(0, since - bb)
+    hv, lv, cv = h[off:].tolist(), lo[off:].tolist(), c[off:].tolist()
+    found: list[tuple[int, int, Event]] = []  # (bar, slot, event)
     ph = pl = 0  # swings confirmed so far (highs, lows)
     hs_: _Side | None = None
     ls_: _Side | None = None
     tri: _Tri | None = None
-    seen = [False] * 12  # per condition row: already true in the current run
-    begin = max(0, since - bb)
+    seen = [False] * 12  # per condition slot: already true in the current run
+    begin = off
     jh, jl = bisect_right(hi, since - k) - 1, bisect_right(li, since - k) - 1
     if jh >= 0 and jl >= 0:  # the last high and low confirmed by since (at index + k)
         begin = max(begin, min(hi[jh], li[jl]) + k)
-    win, never = s.window, c.shape[0] + 1
-    # the bar at which the next swing is confirmed, and the bars up to which each side and
-    # the triangle can report (their checks below fail from there on: t - window >= i1,
-    # t - i0 > breakout_bars), so the bars between swings where none can are skipped
-    next_h = hi[0] + k if n_h else never
-    next_l = li[0] + k if n_l else never
-    h_end = l_end = t_end = -1
-    for t in range(begin, c.shape[0]):
+    win = s.window
+    # the state (the sides and the triangle) changes only at a swing's confirmation, so
+    # the bars go by segments between confirmations; in each, every condition not yet
+    # true in its run is looked for at its first true bar, over the bars where it counts
+    t = begin
+    while t < n:
         new_h = new_l = False
-        if t >= next_h:
-            while ph < n_h and hi[ph] + k <= t:
-                ph, new_h = ph + 1, True
-            next_h = hi[ph] + k if ph < n_h else never
-        if t >= next_l:
-            while pl < n_l and li[pl] + k <= t:
-                pl, new_l = pl + 1, True
-            next_l = li[pl] + k if pl < n_l else never
+        while ph < n_h and hi[ph] + k <= t:
+            ph, new_h = ph + 1, True
+        while pl < n_l and li[pl] + k <= t:
+            pl, new_l = pl + 1, True
         if new_h:  # a new run for the highs' conditions and the triangles'
-            hs_ = _side(hi, ph, hv, trs, s, 1.0) if ph >= 2 else None
+            hs_ = _side(hi, ph, hsv, trs, s, 1.0) if ph >= 2 else None
             seen[0:3], seen[6:12] = [False] * 3, [False] * 6
-            h_end = _side_end(hs_, win, bb)
         if new_l:
-            ls_ = _side(li, pl, lv, crs, s, -1.0) if pl >= 2 else None
+            ls_ = _side(li, pl, lsv, crs, s, -1.0) if pl >= 2 else None
             seen[3:6], seen[6:12] = [False] * 3, [False] * 6
-            l_end = _side_end(ls_, win, bb)
         if new_h or new_l:
-            tri = t_end_ = None
-            if hs_ is not None and ls_ is not None:
-                tri = _tri(hs_, ls_, s)
-                if tri is not None:
-                    t_end_ = min(hs_.i1 + win, ls_.i1 + win, tri.last + bb + 1)
-            t_end = -1 if t_end_ is None else t_end_
-        if t >= h_end and t >= l_end and t >= t_end:
-            continue  # no check below can pass at this bar
-        ct, lim = cv[t], t - win
-        found: list[tuple[int, int, float, int, dict[str, float]]] = []  # (slot, row, ...)
+            tri = _tri(hs_, ls_, s) if hs_ is not None and ls_ is not None else None
+        stop = min(hi[ph] + k if ph < n_h else n, li[pl] + k if pl < n_l else n, n)
+        hit: list[tuple[int, int, int, float, int, dict[str, float]]] = []
         for side, base in ((hs_, 0), (ls_, 3)):
-            if side is None or side.i1 <= lim or t - side.i0 > bb:
-                continue
-            m = side.m  # +1 highs: close below the neckline is the break; -1 lows: above
-            if side.double and m * ct < m * side.neck0:
-                found.append((base, base // 3, -m, side.i1, side.double_levels))
-            if side.hs and side.i2 > lim and m * ct < m * side.neck:
-                found.append((base + 1, 2 + base // 3, -m, side.i2, side.hs_levels))
-            if side.level and m * ct > m * side.extreme:
-                found.append((base + 2, 7 + base // 3, m, side.i1, {"level": side.extreme}))
-        in2 = hs_ is not None and ls_ is not None and hs_.i1 > lim and ls_.i1 > lim
-        if tri is not None and in2 and t - tri.last <= bb:
-            upper = tri.vh0 + tri.sh * (t - tri.h0)
-            lower = tri.vl0 + tri.sl * (t - tri.l0)
-            side_ = 0 if ct > upper else 3 if ct < lower else -1
-            if upper > lower and side_ >= 0:
-                d = 1.0 if side_ == 0 else -1.0
-                for i, ok in enumerate(tri.shapes):
-                    if ok:
-                        lvl = {"upper": upper, "lower": lower}
-                        found.append((6 + side_ + i, 4 + i, d, tri.start, lvl))
-        for slot, row, d, start, levels in found:
-            if seen[slot]:
-                continue
-            seen[slot] = True
+            if side is not None:  # bars t with i1 > t - window and t - i0 <= breakout
+                end = min(stop, side.i1 + win, side.i0 + bb + 1)
+                if t < end:
+                    _side_hits(side, base, seen, cv, off, t, end, win, hit)
+        if tri is not None and hs_ is not None and ls_ is not None:
+            end = min(stop, hs_.i1 + win, ls_.i1 + win, tri.last + bb + 1)
+            if t < end:
+                _tri_hits(tri, seen, cv, off, t, end, hit)
+        for tt, slot, row, d, start, levels in hit:
             h0 = hi[ph - 1] if ph else -1
             l0 = li[pl - 1] if pl else -1
-            if t >= since and _holds(row, t, h0, l0, hv, lv, levels):
-                out.append(Event(row, t, d, start, dict(levels)))
-    return out
+            if tt >= since and _holds(row, tt - off, h0 - off, l0 - off, hv, lv, levels):
+                found.append((tt, slot, Event(row, tt, d, start, dict(levels))))
+        t = stop
+    found.sort(key=lambda f: (f[0], f[1]))  # by bar, then in the order of the slots
+    return [e for _, _, e in found]
 
 
-def _side_end(side: _Side | None, win: int, bb: int) -> int:
-    """The first bar from which ``side`` reports nothing: its checks need ``t - win < i1``
-    and ``t - i0 <= bb``; -1 when it has no pattern at all."""
-    if side is None or not (side.double or side.hs or side.level):
-        return -1
-    return min(side.i1 + win, side.i0 + bb + 1)
+def _side_hits(
+    side: _Side,
+    base: int,
+    seen: list[bool],
+    cv: list[float],
+    off: int,
+    t0: int,
+    end: int,
+    win: int,
+    hit: list[tuple[int, int, int, float, int, dict[str, float]]],
+) -> None:
+    """The first bar in ``t0 .. end - 1`` (none seen yet) at which each of ``side``'s
+    patterns breaks, appended to ``hit`` as ``(bar, slot, row, direction, start,
+    levels)``: slots ``base`` (double), ``base + 1`` (head and shoulders, while its
+    third swing is in the window), ``base + 2`` (breakout), rows as `KINDS`."""
+    m = side.m  # +1 highs: close below the neckline is the break; -1 lows: above
+    row0 = base // 3
+    if side.double and not seen[base]:
+        lim = m * side.neck0
+        for t in range(t0, end):
+            if m * cv[t - off] < lim:
+                seen[base] = True
+                hit.append((t, base, row0, -m, side.i1, side.double_levels))
+                break
+    if side.hs and not seen[base + 1]:
+        lim = m * side.neck
+        for t in range(t0, min(end, side.i2 + win)):
+            if m * cv[t - off] < lim:
+                seen[base + 1] = True
+                hit.append((t, base + 1, 2 + row0, -m, side.i2, side.hs_levels))
+                break
+    if side.level and not seen[base + 2]:
+        lim = m * side.extreme
+        for t in range(t0, end):
+            if m * cv[t - off] > lim:
+                seen[base + 2] = True
+                hit.append((t, base + 2, 7 + row0, m, side.i1, {"level": side.extreme}))
+                break
+
+
+def _tri_hits(
+    tri: _Tri,
+    seen: list[bool],
+    cv: list[float],
+    off: int,
+    t0: int,
+    end: int,
+    hit: list[tuple[int, int, int, float, int, dict[str, float]]],
+) -> None:
+    """The first bar in ``t0 .. end - 1`` (none seen yet) at which the close breaks out of
+    ``tri`` upwards (slots 6 + i) and downwards (slots 9 + i), for each shape i it has;
+    appended to ``hit`` as in `_side_hits`."""
+    shapes = [i for i, ok in enumerate(tri.shapes) if ok]
+    for t in range(t0, end):
+        if all(seen[6 + i] and seen[9 + i] for i in shapes):
+            return
+        ct = cv[t - off]
+        upper = tri.vh0 + tri.sh * (t - tri.h0)
+        lower = tri.vl0 + tri.sl * (t - tri.l0)
+        side_ = 0 if ct > upper else 3 if ct < lower else -1
+        if upper > lower and side_ >= 0:
+            d = 1.0 if side_ == 0 else -1.0
+            for i in shapes:
+                if not seen[6 + side_ + i]:
+                    seen[6 + side_ + i] = True
+                    lvl = {"upper": upper, "lower": lower}
+                    hit.append((t, 6 + side_ + i, 4 + i, d, tri.start, lvl))
 
 
 @dataclass(slots=True)  # not frozen: built per new swing, and never changed
@@ -175,11 +214,12 @@ class _Side:
 def _side(
     idx: list[int], pos: int, v: list[float], bt: list[float], s: Settings, m: float
 ) -> _Side:
-    """`_Side` for the ``pos`` swings confirmed so far (pos >= 2), as `detect` tests them."""
+    """`_Side` for the ``pos`` swings confirmed so far (pos >= 2), as `detect` tests them;
+    ``v`` holds the swings' prices (``v[p]`` at bar ``idx[p]``)."""
     tol, mh, hm = s.tolerance, s.min_height, s.head_margin
     i0, i1 = idx[pos - 1], idx[pos - 2]
     i2 = idx[pos - 3] if pos >= 3 else -1
-    v0, v1, neck0 = v[i0], v[i1], bt[pos - 1]
+    v0, v1, neck0 = v[pos - 1], v[pos - 2], bt[pos - 1]
     if m > 0:
         ext = v0 if v0 >= v1 else v1
         near = abs(v0 - v1) <= tol * ext
@@ -194,7 +234,7 @@ def _side(
         d_lv = {"bottom": ext, "neckline": neck0}
     hs, neck, hs_lv = False, 0.0, {}
     if i2 >= 0:
-        v2 = v[i2]
+        v2 = v[pos - 3]
         if m > 0:
             neck = min(neck0, bt[pos - 2])
             hs = vh_ok = v1 >= max(v0, v2) * (1 + hm)
@@ -239,7 +279,8 @@ def _tri(hs: _Side, ls: _Side, s: Settings) -> _Tri | None:
 def _holds(
     row: int, t: int, h0: int, l0: int, hv: list[float], lv: list[float], lv_: dict[str, float]
 ) -> bool:
-    """`_valid_after` for one event: no high above the tops (low below the bottoms) since."""
+    """`_valid_after` for one event: no high above the tops (low below the bottoms) since
+    (bars counted from the start of ``hv`` and ``lv``)."""
     if row == 0:
         return not hv[h0 + 1 : t + 1] or max(hv[h0 + 1 : t + 1]) <= lv_["top"]
     if row == 2:

@@ -9,7 +9,7 @@ no clock and does no I/O.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 
 import numpy as np
@@ -108,7 +108,7 @@ class AccountState:
         return cls(account_id=account_id, readable=False, error=error)
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, init=False)
 class AgentInput:
     """Everything an agent sees: closed candles of the run's timeframe and its extras.
 
@@ -125,6 +125,26 @@ class AgentInput:
     news: Sequence[Headline] | None = None
     account: AccountState | None = None
 
+    def __init__(
+        self,
+        symbol: str,
+        timeframe: str,
+        as_of_ms: int,
+        candles: Candles,
+        higher: Mapping[str, Candles] | None = None,
+        news: Sequence[Headline] | None = None,
+        account: AccountState | None = None,
+    ) -> None:
+        # nine inputs a pipeline run: the slots written through their descriptors, as
+        # `conclave.agents.outputs` does, in about half the generated ``__init__``'s time
+        _in_symbol(self, symbol)
+        _in_timeframe(self, timeframe)
+        _in_as_of_ms(self, as_of_ms)
+        _in_candles(self, candles)
+        _in_higher(self, {} if higher is None else higher)
+        _in_news(self, news)
+        _in_account(self, account)
+
     def window(self, stop: int, length: int) -> AgentInput:
         """The same input cut to the ``length`` bars ending before index ``stop``."""
         start = max(0, stop - length)
@@ -138,3 +158,8 @@ class AgentInput:
             self.news,
             self.account,
         )
+
+
+(_in_symbol, _in_timeframe, _in_as_of_ms, _in_candles, _in_higher, _in_news, _in_account) = (
+    AgentInput.__dict__[f.name].__set__ for f in fields(AgentInput)
+)

@@ -117,32 +117,38 @@ class MarketStructure(Agent):
         return SeriesOutput(score, conf, evidence)
 
     def compute_last(self, data: AgentInput) -> SeriesOutput:
-        # the same window sums (`indicators.sum_at`) and arithmetic, last bar only
+        # the same window sums (`indicators.window_sum`, `sum_at`) and arithmetic, last bar
+        # only; the short windows from one list of the last closes
         p = self.params
         cd = data.candles
         c = cd.close
         n = len(c)
         t = n - 1
-        f, m, s = (ind.sum_at(c, w, t) / w for w in (p.fast, p.mid, p.slow))
-        ct = float(c[t])
+        span = min(n, max(p.fast, p.mid + p.slope_bars, p.mid + 1))
+        cl = c[n - span :].tolist()
+        ws = ind.window_sum
+        f = ws(cl[span - p.fast :]) / p.fast
+        m = ws(cl[span - p.mid :]) / p.mid
+        s = ind.sum_at(c, p.slow, t) / p.slow
+        ct = cl[-1]
         align = (
             sign_band1(ct - f, ct, p.band)
             + sign_band1(f - m, ct, p.band)
             + sign_band1(m - s, ct, p.band)
         ) / 3.0
-        mad = ind.sum_at(np.abs(c[n - p.mid :] - c[n - p.mid - 1 : t]), p.mid, p.mid - 1) / p.mid
-        dm = m - ind.sum_at(c, p.mid, t - p.slope_bars) / p.mid
+        mad = ws(np.abs(c[n - p.mid :] - c[n - p.mid - 1 : t]).tolist()) / p.mid
+        dm = m - ws(cl[span - p.mid - p.slope_bars : span - p.slope_bars]) / p.mid
         ratio = dm / (p.slope_bars * mad) if mad > 0 else 0.0
         # swings confirmed by t inside the window: those of the trailing bars suffice
         keep = min(n, p.swing_window + 2 * p.swing_k + 1)
         hi_idx, lo_idx = ind.swing_points(cd.high[n - keep :], cd.low[n - keep :], p.swing_k)
         off, lim = n - keep, t - p.swing_window
-        hi = [int(i) + off for i in hi_idx[-2:]]
-        lo = [int(i) + off for i in lo_idx[-2:]]
+        hi = [i + off for i in hi_idx[-2:].tolist()]
+        lo = [i + off for i in lo_idx[-2:].tolist()]
         highs = hi if len(hi) == 2 and hi[0] > lim else []
         lows = lo if len(lo) == 2 and lo[0] > lim else []
-        hh = sgn1(float(cd.high[highs[1]] - cd.high[highs[0]])) if highs else 0.0
-        hl = sgn1(float(cd.low[lows[1]] - cd.low[lows[0]])) if lows else 0.0
+        hh = sgn1(float(cd.high[highs[1]]) - float(cd.high[highs[0]])) if highs else 0.0
+        hl = sgn1(float(cd.low[lows[1]]) - float(cd.low[lows[0]])) if lows else 0.0
         swings = 0.5 * (hh + hl)
         score, conf = blend1([align, 3.0 * ratio, swings], [0.4, 0.3, 0.3])
         s_, c_ = finish1(score, conf)

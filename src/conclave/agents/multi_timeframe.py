@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import Field
 
 from conclave.agents import indicators as ind
-from conclave.agents.base import Agent
+from conclave.agents.base import Agent, bar_ms, close_ms
 from conclave.agents.inputs import F64, I64, AgentInput, Needs
 from conclave.agents.outputs import SeriesOutput
 from conclave.agents.params import AgentParams
@@ -177,11 +177,17 @@ class MultiTimeframe(Agent):
         if len(names) < 2:
             raise InsufficientDataError(f"no two higher timeframes above {data.timeframe}")
         trends = [_trend1(cd.close, len(cd) - 1, p.base_period, p.slope_bars, p.band)]
-        t_close = cd.timeframe.close_time(int(cd.open_time[-1]))
+        t_close = close_ms(cd.timeframe, int(cd.open_time[-1]))
         last_closed: dict[str, str] = {}
         for name in names[:2]:
             hc = self._higher(data, name)
-            i = int(np.searchsorted(hc.close_time, t_close, side="right")) - 1
+            # the last higher bar closed by t_close: its close time is its open time plus
+            # one bar where bars have a fixed length
+            step = bar_ms(hc.timeframe)
+            if step:
+                i = int(np.searchsorted(hc.open_time, t_close - step, side="right")) - 1
+            else:
+                i = int(np.searchsorted(hc.close_time, t_close, side="right")) - 1
             ht = _trend1(hc.close, i, p.higher_period, p.slope_bars, p.band) if i >= 0 else 0.0
             if len(hc) == 0 or i < 0 or ht != ht:
                 raise InsufficientDataError(

@@ -20,6 +20,7 @@ that traded at all (no volume: confidence 0, B5).
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 from typing import ClassVar
 
 import numpy as np
@@ -38,7 +39,6 @@ from conclave.agents.scoring import (
     finish,
     finish1,
     fnum,
-    sgn1,
 )
 
 
@@ -125,8 +125,12 @@ class OrderFlow(Agent):
         n, w, k = len(cd), p.window, p.confirm_bars
         v = cd.volume[n - w - k :].tolist()  # w + k volumes, the last at index w + k - 1
         c = cd.close[n - w - k :].tolist()
-        # sign(dclose) per volume; the first is never read (obv from k, pushes from w)
-        sg = [math.nan] + [sgn1(c[i] - c[i - 1]) for i in range(1, w + k)]
+        # sign(dclose) per volume (`sgn1` written out); the first is never read (obv from
+        # k, pushes from w)
+        sg = [math.nan]
+        for a, b in pairwise(c):
+            x = b - a
+            sg.append(1.0 if x > 0 else -1.0 if x < 0 else x if x != x else 0.0)
         ws = ind.window_sum
         vol_sum = ws(v[k:])
         obv_change = ws([sg[i] * v[i] for i in range(k, w + k)])

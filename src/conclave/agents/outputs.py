@@ -4,7 +4,7 @@ result of the last bar in the shape of the wire contract (`AgentResult`)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -19,7 +19,13 @@ Status = Literal["ok", "no_data", "insufficient_data", "stale_data", "error"]
 HAS_DATA = "has_data"
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+# Nine of each object below are built per pipeline run. A frozen dataclass's generated
+# ``__init__`` sets each field through ``object.__setattr__``; the ``__init__`` methods
+# below write the slots through their descriptors instead (bound at the end of the module):
+# the same objects, every field set, in about half the time.
+
+
+@dataclass(frozen=True, slots=True, eq=False, init=False)
 class SeriesOutput:
     """Per-bar score (-1..1) and confidence (0..100), same length as the candles.
 
@@ -42,6 +48,22 @@ class SeriesOutput:
     reason: str = ""
     columns: Mapping[str, F64] = field(default_factory=dict)
 
+    def __init__(
+        self,
+        score: F64,
+        confidence: F64,
+        evidence: dict[str, Any],
+        status: Status = "ok",
+        reason: str = "",
+        columns: Mapping[str, F64] | None = None,
+    ) -> None:
+        _so_score(self, score)
+        _so_confidence(self, confidence)
+        _so_evidence(self, evidence)
+        _so_status(self, status)
+        _so_reason(self, reason)
+        _so_columns(self, {} if columns is None else columns)
+
     def has_data(self) -> npt.NDArray[np.bool_]:
         """Per bar, whether the agent had input there: the `HAS_DATA` column when given,
         else every bar unless the status is ``no_data`` (then none)."""
@@ -51,7 +73,7 @@ class SeriesOutput:
         return np.full(self.score.shape, self.status != "no_data", dtype=np.bool_)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class AgentResult:
     """One agent's answer for the last bar, in the shape of the wire contract."""
 
@@ -66,6 +88,30 @@ class AgentResult:
     status: Status = "ok"
     reason: str = ""
 
+    def __init__(
+        self,
+        score: float,
+        confidence: float,
+        payload: dict[str, Any],
+        agent: str,
+        version: str,
+        duration_ms: float,
+        timestamp: str,
+        as_of: str | None,
+        status: Status = "ok",
+        reason: str = "",
+    ) -> None:
+        _ar_score(self, score)
+        _ar_confidence(self, confidence)
+        _ar_payload(self, payload)
+        _ar_agent(self, agent)
+        _ar_version(self, version)
+        _ar_duration_ms(self, duration_ms)
+        _ar_timestamp(self, timestamp)
+        _ar_as_of(self, as_of)
+        _ar_status(self, status)
+        _ar_reason(self, reason)
+
     def to_wire(self) -> dict[str, Any]:
         """``{"score", "confidence", "payload", "meta": {...}}`` exactly as on the wire."""
         return wire_answer(
@@ -73,3 +119,17 @@ class AgentResult:
             agent=self.agent, version=self.version, duration_ms=self.duration_ms,
             timestamp=self.timestamp, as_of=self.as_of, status=self.status, reason=self.reason,
         )  # fmt: skip
+
+
+def _setters(cls: type) -> Any:
+    """The ``__set__`` of each slot of ``cls`` in field order (for the ``__init__`` above)."""
+    return tuple(cls.__dict__[f.name].__set__ for f in fields(cls))
+
+
+(_so_score, _so_confidence, _so_evidence, _so_status, _so_reason, _so_columns) = _setters(
+    SeriesOutput
+)
+(
+    _ar_score, _ar_confidence, _ar_payload, _ar_agent, _ar_version, _ar_duration_ms,
+    _ar_timestamp, _ar_as_of, _ar_status, _ar_reason,
+) = _setters(AgentResult)  # fmt: skip

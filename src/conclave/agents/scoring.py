@@ -137,21 +137,29 @@ def sign_band1(x: float, scale: float, band: float) -> float:
 
 
 def blend1(components: list[float], weights: list[float]) -> tuple[float, float]:
-    """`blend` of one bar: the same sums, in the same order."""
+    """`blend` of one bar: the same sums, in the same order (`clip1f` written inline:
+    ``min(max(x, lo), hi)`` keeps x unless it lies beyond a bound)."""
     total = float(sum(weights))
-    wc = [w * clip1f(c) for w, c in zip(weights, components, strict=True)]
+    wc = [
+        w * (0.0 if c != c else -1.0 if c < -1.0 else 1.0 if c > 1.0 else c)
+        for w, c in zip(weights, components, strict=True)
+    ]
     num, mag = wc[0], abs(wc[0])
     for v in wc[1:]:
         num += v
         mag += abs(v)
     agreement = abs(num) / mag if mag > 0 else 0.0
     conf = 100.0 * (mag / total) * (0.5 + 0.5 * agreement)
-    return clip1f(num / total), min(max(conf, 0.0), 100.0)
+    sc = num / total
+    sc = 0.0 if sc != sc else -1.0 if sc < -1.0 else 1.0 if sc > 1.0 else sc
+    return sc, 0.0 if conf < 0.0 else 100.0 if conf > 100.0 else conf
 
 
 def finish1(score: float, confidence: float) -> tuple[F64, F64]:
     """`finish` of one bar past ``first_valid``, as the length-1 arrays `compute_last` returns."""
-    c = min(max(confidence, 0.0), 100.0)
+    c = confidence  # min(max(c, 0), 100), written out: c unless beyond a bound
+    c = 0.0 if c < 0.0 else 100.0 if c > 100.0 else c
     if score != score or c != c:
         return np.zeros(1), np.zeros(1)
-    return np.array([clip1f(score)]), np.array([c])
+    s = -1.0 if score < -1.0 else 1.0 if score > 1.0 else score  # `clip1f` (not NaN here)
+    return np.array([s]), np.array([c])

@@ -141,7 +141,10 @@ def percent_rank_last(x: F64, w: int) -> float:
     """``percent_rank(x, w)[-1]`` bit for bit, from the last window alone."""
     win = _f64(x)[x.shape[0] - w :]
     cur = win[-1]
-    if np.isnan(float(_reduce(win, w, _add)[0])):  # as `percent_rank`: NaN where its sum is
+    # as `percent_rank`: NaN where the window's sum is NaN. Values that are all finite and
+    # too small to overflow (max |x| is NaN when one is NaN) sum to a finite number in any
+    # order; only otherwise is the sum's own tree needed
+    if not float(np.max(np.abs(win))) * w < 1e300 and np.isnan(float(_reduce(win, w, _add)[0])):
         return float("nan")
     return (np.count_nonzero(win < cur) + 0.5 * np.count_nonzero(win == cur)) / w
 

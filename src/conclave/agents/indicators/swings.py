@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from conclave.agents.indicators.windows import F64, I64, _f64, _max, _min, _reduce
+from conclave.agents.indicators.windows import F64, I64, _f64, _max, _reduce_rows
 
 
 def swing_points(high: F64, low: F64, k: int) -> tuple[I64, I64]:
@@ -19,10 +19,15 @@ def swing_points(high: F64, low: F64, k: int) -> tuple[I64, I64]:
     if n < 2 * k + 1:
         e = np.zeros(0, dtype=np.int64)
         return e, e.copy()
-    hmax = _reduce(h, k, _max)  # hmax[j] = max h[j : j + k]
-    lmin = _reduce(lo, k, _min)
+    # the lows as negated highs (a low below its neighbours is a negated low above them:
+    # negation is exact, so the comparisons are the same), both sides in one pass, with
+    # the bars as rows so that every slice is one contiguous block
+    x = np.empty((n, 2), dtype=np.float64)
+    x[:, 0] = h
+    np.negative(lo, out=x[:, 1])
+    xmax = _reduce_rows(x, k, _max, n - k + 1)  # xmax[j] = max x[j : j + k]
     m = n - 2 * k  # candidates i = k .. n-k-1: slices of the arrays at i, i - k and i + 1
-    hc, lc = h[k : n - k], lo[k : n - k]
-    is_hi = (hc > hmax[:m]) & (hc >= hmax[k + 1 : k + 1 + m])
-    is_lo = (lc < lmin[:m]) & (lc <= lmin[k + 1 : k + 1 + m])
-    return np.flatnonzero(is_hi) + k, np.flatnonzero(is_lo) + k
+    xc = x[k : n - k]
+    at, side = np.nonzero((xc > xmax[:m]) & (xc >= xmax[k + 1 : k + 1 + m]))
+    at += k
+    return at[side == 0], at[side == 1]  # each ascending (row-major order)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from conclave.agents.indicators.rolling import diff
-from conclave.agents.indicators.smoothing import wilder_window
+from conclave.agents.indicators.smoothing import wilder_rows, wilder_window
 from conclave.agents.indicators.windows import F64, _f64
 
 
@@ -33,10 +33,21 @@ def rsi_averages(close: F64, period: int = 14, window: int = 250) -> F64:
     ``rsi`` at bar t is ``100 * ag / (ag + al)`` where that total is positive, else 50 (NaN
     where it is NaN); `rsi1` gives it for one bar on plain floats.
     """
-    d = diff(close)
-    both = np.stack([np.maximum(d, 0.0), np.maximum(-d, 0.0)])
-    both[:, 0] = np.nan
-    return wilder_window(both, period, window - 1)  # gains and losses in one pass
+    c = _f64(close)
+    n = c.shape[0]
+    if 2 * n >= 8192:  # long series: rows of bars (`wilder_window`'s long path)
+        d = diff(c)
+        both = np.stack([np.maximum(d, 0.0), np.maximum(-d, 0.0)])
+        both[:, 0] = np.nan
+        return wilder_window(both, period, window - 1)  # gains and losses in one pass
+    # the same values with the bars as rows (`wilder_rows`): the change, then gains
+    # ``max(d, 0)`` and losses ``max(-d, 0)``, NaN at the first bar (max keeps a NaN)
+    rows = np.empty((n, 2), dtype=np.float64)
+    rows[:1] = np.nan
+    np.subtract(c[1:], c[:-1], out=rows[1:, 0])
+    np.negative(rows[1:, 0], out=rows[1:, 1])
+    np.maximum(rows, 0.0, out=rows)
+    return wilder_rows(rows, period, window - 1).T
 
 
 def rsi1(ag: float, al: float) -> float:
@@ -52,7 +63,8 @@ def true_range(high: F64, low: F64, close: F64) -> F64:
     h, lo, c = _f64(high), _f64(low), _f64(close)
     tr = np.empty_like(h)
     tr[:1] = np.nan
-    tr[1:] = np.maximum(h[1:], c[:-1]) - np.minimum(lo[1:], c[:-1])
+    np.maximum(h[1:], c[:-1], out=tr[1:])
+    np.subtract(tr[1:], np.minimum(lo[1:], c[:-1]), out=tr[1:])
     return tr
 
 
