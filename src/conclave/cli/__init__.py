@@ -6,6 +6,11 @@ own module (``conclave.cli.data``, ``.run``, ``.backtest``, ``.scheduler``, ``.s
 ``.accounts``, ``.agents``, ``.dashboard``); they share only ``conclave.cli.common`` and
 never import this module or each other. The registrations below are the whole command
 list, in help order.
+
+Every module here imports only typer, rich, the standard library and light conclave
+modules at import time; each command imports what it needs when it runs, so ``conclave
+--help`` stays fast (``tests/test_cli_imports.py`` holds the list of modules it must not
+load, ``benchmarks/cli.py`` prints the times).
 """
 
 from __future__ import annotations
@@ -20,8 +25,6 @@ from rich.console import Console
 from conclave.cli import accounts, agents, backtest, dashboard, data, keys, run, scheduler, serve
 from conclave.cli.common import CliState, fail
 from conclave.errors import ConfigurationError
-from conclave.logging import configure_logging
-from conclave.settings import load_settings
 
 app = typer.Typer(
     name="conclave",
@@ -45,6 +48,10 @@ def root(
     ] = Path(".env"),
 ) -> None:
     """Load settings once and configure logging for whichever command runs."""
+    # here, not at the top: ``conclave --help`` never runs this callback
+    from conclave.logging import configure_logging
+    from conclave.settings import load_settings
+
     err = Console(stderr=True)
     try:
         settings = load_settings(env_file)

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.table import Table
 
-from conclave.accounts.service import AccountService, UnknownAccountError
 from conclave.cli.common import CliState, fail, run_or_fail
 from conclave.errors import InvalidRequestError
+
+if TYPE_CHECKING:  # the accounts and the store load when a command runs
+    from conclave.accounts.service import AccountService
 
 T = TypeVar("T")
 accounts_app = typer.Typer(help="Paper accounts: create, list, show, pause, resume.",
@@ -30,6 +32,7 @@ SHOW_KEYS = ("id", "name", "equity", "peakEquity", "drawdown", "riskLevel", "pos
 
 
 async def _with_service(state: CliState, act: Callable[[AccountService], Awaitable[T]]) -> T:
+    from conclave.accounts.service import AccountService
     from conclave.store import RunStore
 
     store = await RunStore.open(state.settings.database_url, data_dir=state.settings.data_dir)
@@ -106,6 +109,8 @@ def list_(
 
 
 async def _get(s: AccountService, account_id: str) -> dict[str, Any]:
+    from conclave.accounts.service import UnknownAccountError
+
     found = await s.get(account_id)
     if found is None:
         raise UnknownAccountError(account_id)

@@ -12,14 +12,12 @@ the root app by `conclave.cli`.
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.table import Table
 
-from conclave.agents import REGISTRY
 from conclave.cli.common import CliState, fail
-from conclave.services.agent_app import unknown_agent_message
 
 agent_cli = typer.Typer(help="One agent as an HTTP service.", no_args_is_help=True)
 agents_cli = typer.Typer(
@@ -29,12 +27,23 @@ agents_cli = typer.Typer(
 ONLY_HELP = "Only this agent; repeat for more (default: all nine)."
 
 
+def _unknown(state: CliState, name: str) -> NoReturn:
+    """Exit 2 naming the nearest agent and listing the nine."""
+    from conclave.agents import REGISTRY
+    from conclave.services.agent_app import unknown_agent_message
+
+    fail(state.err, unknown_agent_message(name, REGISTRY), 2)
+
+
 def _check_names(state: CliState, names: list[str] | None) -> list[str] | None:
     # one INFO line per health probe from the HTTP client would drown the table
     logging.getLogger("httpx2").setLevel(logging.WARNING)
-    for name in names or []:
-        if name not in REGISTRY:
-            fail(state.err, unknown_agent_message(name, REGISTRY), 2)
+    if names:
+        from conclave.agents import REGISTRY
+
+        for name in names:
+            if name not in REGISTRY:
+                _unknown(state, name)
     return names or None
 
 
@@ -55,12 +64,13 @@ def serve(
     host: Annotated[str | None, typer.Option("--host", help="Interface to bind.")] = None,
 ) -> None:
     """Serve one agent: GET /health, GET /info, POST /run."""
+    from conclave.agents import REGISTRY
     from conclave.services.agent_main import exec_lean
 
     state: CliState = ctx.obj
     settings = state.settings
     if name not in REGISTRY:
-        fail(state.err, unknown_agent_message(name, REGISTRY), 2)
+        _unknown(state, name)
     if port is not None and not 0 < port < 65536:
         fail(state.err, f"--port: must be 1 to 65535, got {port}", 2)
     _refuse_unsafe(state, host or settings.agents.host)

@@ -3,27 +3,28 @@
 Every expected failure prints one red line: bad input and bad settings exit 2, failures of a
 source exit 1; no tracebacks for either. Messages print literally (never as rich markup), so
 a ``[x]`` in a path or an ``[E123]`` code in a message shows as written. This module
-imports no command module.
+imports no command module, and nothing heavy at import time: ``conclave --help`` loads
+only typer and rich (the market, news and settings modules load when a command runs).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
 from conclave.errors import ConclaveError, ConfigurationError, InvalidRequestError
-from conclave.market.sources.base import check_symbol
-from conclave.news.sources import NewsSource, open_news_source
-from conclave.settings import Settings
-from conclave.timeframes import Timeframe
+
+if TYPE_CHECKING:
+    from conclave.news.sources import NewsSource
+    from conclave.settings import Settings
+    from conclave.timeframes import Timeframe
 
 T = TypeVar("T")
 
@@ -58,6 +59,8 @@ def fail(err: Console, message: str, code: int) -> NoReturn:
 
 def run_or_fail(state: CliState, coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro``; turn an expected failure into one red line and an exit code."""
+    import asyncio
+
     try:
         return asyncio.run(coro)
     except InvalidRequestError as exc:
@@ -92,6 +95,9 @@ def iso_utc(ms: int | None) -> str:
 
 def check_series(settings: Settings, spec: str, symbol: str, timeframe: str) -> Timeframe:
     """Validate symbol and timeframe before any I/O; files may hold any symbol or interval."""
+    from conclave.market.sources.base import check_symbol
+    from conclave.timeframes import Timeframe
+
     check_symbol(symbol)
     tf = Timeframe.parse(timeframe)
     if not spec.startswith("file:"):
@@ -113,6 +119,8 @@ def check_series(settings: Settings, spec: str, symbol: str, timeframe: str) -> 
 
 def open_news(state: CliState, spec: str) -> NewsSource:
     """The news source ``spec`` names; a bad spec exits 2 naming ``--news``."""
+    from conclave.news.sources import open_news_source
+
     try:
         return open_news_source(spec)
     except InvalidRequestError as exc:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from conclave.cli.common import (
@@ -29,13 +28,12 @@ from conclave.cli.common import (
     run_or_fail,
 )
 from conclave.errors import ConclaveError
-from conclave.market.candles import Candles
-from conclave.market.gateway import MarketGateway
-from conclave.market.sources import open_source
-from conclave.market.sources.base import MAX_LIMIT
-from conclave.market.store import CandleStore, UpdateResult
-from conclave.market.validation import ValidationReport, check_fresh
-from conclave.timeframes import Timeframe
+
+if TYPE_CHECKING:  # the market modules load when a command runs (numpy and the sources)
+    from conclave.market.candles import Candles
+    from conclave.market.store import CandleStore, UpdateResult
+    from conclave.market.validation import ValidationReport
+    from conclave.timeframes import Timeframe
 
 data_app = typer.Typer(
     help="Market data: fetch candles into the local store, inspect a source.",
@@ -57,6 +55,11 @@ class _Shown:
 async def _load_for_show(
     state: CliState, spec: str, symbol: str, timeframe: str, limit: int | None, as_of: str | None
 ) -> _Shown:
+    from conclave.market.gateway import MarketGateway
+    from conclave.market.sources import open_source
+    from conclave.market.sources.base import MAX_LIMIT
+    from conclave.market.validation import check_fresh
+
     tf = check_series(state.settings, spec, symbol, timeframe)
     as_of_ms = state.now_ms() if as_of is None else parse_instant(as_of, "as-of")
     # a file is shown whole unless a limit is given; a live source shows its newest 500 bars
@@ -169,6 +172,10 @@ async def _fetch_all(
     since_ms: int | None,
     backfill: int,
 ) -> list[UpdateResult]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from conclave.market.sources import open_source
+
     source = open_source(spec, state.settings, now_ms=state.now_ms)
     results: list[UpdateResult] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
@@ -221,6 +228,8 @@ def fetch(
         fail(state.err, f"--limit: must be at least 1, got {limit}", 2)
 
     async def checked() -> list[UpdateResult]:
+        from conclave.market.store import CandleStore
+
         series = [(s, check_series(state.settings, spec, s, t)) for s in symbol for t in timeframe]
         since_ms = None if since is None else parse_instant(since, "since")
         store = CandleStore(store_dir or state.settings.market.store_dir, suffix=f".{fmt}")

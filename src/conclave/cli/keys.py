@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.table import Table
@@ -21,8 +21,11 @@ from rich.text import Text
 
 from conclave.cli.common import CliState, fail, iso_utc, run_or_fail
 from conclave.errors import ConfigurationError
-from conclave.security.keys import GeneratedKey, KeyHasher, KeyRecord, Scope
-from conclave.store.keys_repo import KeyRepo
+from conclave.security.keys import Scope
+
+if TYPE_CHECKING:  # the store loads when a command runs
+    from conclave.security.keys import GeneratedKey, KeyHasher, KeyRecord
+    from conclave.store.keys_repo import KeyRepo
 
 T = TypeVar("T")
 keys_app = typer.Typer(help="API keys: create, list, revoke, rotate.", no_args_is_help=True)
@@ -35,6 +38,7 @@ _ID = typer.Argument(metavar="ID", help="The key's id (the 16 hex characters aft
 
 async def _with_repo(state: CliState, act: Callable[[KeyRepo], Awaitable[T]]) -> T:
     from conclave.store import RunStore
+    from conclave.store.keys_repo import KeyRepo
 
     store = await RunStore.open(state.settings.database_url, data_dir=state.settings.data_dir)
     try:
@@ -44,6 +48,8 @@ async def _with_repo(state: CliState, act: Callable[[KeyRepo], Awaitable[T]]) ->
 
 
 def _hasher(state: CliState) -> KeyHasher:
+    from conclave.security.keys import KeyHasher
+
     try:
         return KeyHasher(state.settings.security.key_secret)
     except ConfigurationError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -28,11 +28,10 @@ from conclave.cli.common import (
     parse_instant,
     run_or_fail,
 )
-from conclave.market.gateway import MarketGateway
-from conclave.market.sources import open_source
-from conclave.news.sources import NewsSource
-from conclave.pipeline import Pipeline, PipelineRun, StepResult
-from conclave.timeframes import iso_ms
+
+if TYPE_CHECKING:  # the pipeline, its agents and the sources load when the command runs
+    from conclave.news.sources import NewsSource
+    from conclave.pipeline import PipelineRun, StepResult
 
 #: Payload items that tell most about each agent's view (the table's "key evidence").
 KEY_EVIDENCE: dict[str, tuple[str, ...]] = {
@@ -71,6 +70,8 @@ def key_evidence(step: StepResult) -> str:
 
 
 def _print_run(out: Console, run: PipelineRun) -> None:
+    from conclave.timeframes import iso_ms
+
     if run.simulated:
         out.print(
             Panel(
@@ -109,7 +110,11 @@ def _print_run(out: Console, run: PipelineRun) -> None:
     lines.append(f"tradable {'yes' if d.tradable else 'no'}   healthy analysis agents "
                  f"{d.healthy_analysis}/8 (quorum {d.quorum})")  # fmt: skip
     if d.degraded:
-        lines.append(f"[yellow]degraded[/]: missing {', '.join(d.missing_agents)}")
+        why = [f"missing {', '.join(d.missing_agents)}"] if d.missing_agents else []
+        why += [f"gaps {r.describe()}" for r in run.gaps.values() if r.degraded]
+        lines.append(f"[yellow]degraded[/]: {'; '.join(why)}")
+    elif run.gaps_filled:
+        lines.append("filled: " + ", ".join(r.describe() for r in run.gaps.values()))
     lines.append(f"reason: {d.reason}")
     label = "decision (SIMULATED)" if run.simulated else "decision"
     out.print(Panel("\n".join(lines), title=label, expand=False))
@@ -124,6 +129,11 @@ async def _execute(
     one_file: bool,
     news: NewsSource | None = None,
 ) -> PipelineRun:
+    from conclave.market.gateway import MarketGateway
+    from conclave.market.sources import open_source
+    from conclave.pipeline import Pipeline
+    from conclave.timeframes import iso_ms
+
     tf = check_series(state.settings, spec, symbol, timeframe)
     now_ms = state.now_ms()
     as_of_ms = now_ms if as_of is None else parse_instant(as_of, "as-of")

@@ -16,25 +16,22 @@ Registered on the root app by `conclave.cli`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import signal
 from collections.abc import Iterator
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from prometheus_client import start_http_server
 
 from conclave.cli.common import CliState, SourceOption, check_series, fail, run_or_fail
 from conclave.errors import ConfigurationError, InvalidRequestError
-from conclave.observability import tracing
-from conclave.scheduler import Job, Outcome
-from conclave.services.execute import build_scheduler, settings_jobs
-from conclave.services.runtime import Runtime
-from conclave.settings import Settings
-from conclave.timeframes import Timeframe
+
+if TYPE_CHECKING:  # the scheduler, the runtime and the metrics load when the command runs
+    from conclave.scheduler import Job, Outcome
+    from conclave.settings import Settings
+    from conclave.timeframes import Timeframe
 
 #: Outcome statuses after which ``--once`` exits non-zero.
 FAILING = frozenset({"failed", "error"})
@@ -43,6 +40,11 @@ FAILING = frozenset({"failed", "error"})
 async def _scheduler(
     settings: Settings, state: CliState, only: Job | None, once: bool
 ) -> list[Outcome]:
+    import asyncio
+
+    from conclave.services.execute import build_scheduler
+    from conclave.services.runtime import Runtime
+
     runtime = await Runtime.open(settings, now_ms=state.now_ms)
     try:
         scheduler = build_scheduler(settings, runtime, only=only)
@@ -70,6 +72,8 @@ def _metrics_server(settings: Settings, state: CliState) -> Iterator[None]:
     if not settings.metrics.enabled or s.metrics_port == 0:
         yield
         return
+    from prometheus_client import start_http_server
+
     try:
         server, thread = start_http_server(s.metrics_port, s.metrics_host)
     except OSError as exc:
@@ -89,6 +93,8 @@ def _metrics_server(settings: Settings, state: CliState) -> Iterator[None]:
 def _only(
     settings: Settings, spec: str, account: str | None, symbol: str | None, timeframe: str | None
 ) -> Job | None:
+    from conclave.scheduler import Job
+
     if symbol is None and timeframe is None:
         if account is not None:
             raise InvalidRequestError("--account needs --symbol and --timeframe", field="account")
@@ -111,6 +117,9 @@ def scheduler(
     as_json: Annotated[bool, typer.Option("--json", help="With --once: one JSON line.")] = False,
 ) -> None:
     """Run the scheduled jobs at each candle close plus the offset (never the open bar)."""
+    from conclave.observability import tracing
+    from conclave.services.execute import settings_jobs
+
     state: CliState = ctx.obj
     settings = state.settings
     if source is not None:

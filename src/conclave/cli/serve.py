@@ -25,8 +25,8 @@ Registered on the root app by `conclave.cli`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 import os
 import signal
 import threading
@@ -34,16 +34,18 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import uvicorn
 from rich.console import Console
 
-from conclave.agents import REGISTRY
 from conclave.cli.common import ApiHostOption, ApiPortOption, CliState, fail
 from conclave.errors import ConclaveError
-from conclave.settings import Settings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # asyncio, uvicorn, the API and the agents load when a command runs
+    import asyncio
+
+    import uvicorn
+
     from conclave.dashboard.server import DashboardProcess
+    from conclave.settings import Settings
 
 #: Seconds uvicorn gives in-flight requests on shutdown (RELIABILITY.md: 5-10 s).
 GRACEFUL_SHUTDOWN_S = 5
@@ -51,33 +53,39 @@ GRACEFUL_SHUTDOWN_S = 5
 START_TIMEOUT_S = 30.0
 
 
-class _Server(uvicorn.Server):
-    """A uvicorn server that does not re-raise the signal that stopped it.
+@functools.cache
+def _server_class() -> type[uvicorn.Server]:
+    """A uvicorn server that does not re-raise the signal that stopped it (defined here, on
+    first use, so that only the commands that serve import uvicorn).
 
     uvicorn re-raises a captured SIGINT/SIGTERM after shutting down, which would kill the
     process before ``up`` stops its agents; here the caller decides what happens next.
     """
+    import uvicorn
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        stop = (signal.SIGINT, signal.SIGTERM)
-        originals = {sig: signal.signal(sig, self.handle_exit) for sig in stop}
-        try:
-            yield
-        finally:
-            for sig, handler in originals.items():
-                signal.signal(sig, handler)
+    class _Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Generator[None, None, None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            stop = (signal.SIGINT, signal.SIGTERM)
+            originals = {sig: signal.signal(sig, self.handle_exit) for sig in stop}
+            try:
+                yield
+            finally:
+                for sig, handler in originals.items():
+                    signal.signal(sig, handler)
 
-    @property
-    def port(self) -> int | None:
-        """The port actually bound (useful with ``--port 0``), once started."""
-        for server in getattr(self, "servers", []):
-            for sock in server.sockets:
-                return int(sock.getsockname()[1])
-        return None
+    return _Server
+
+
+def _bound_port(server: uvicorn.Server) -> int | None:
+    """The port ``server`` actually bound (useful with ``--port 0``), once started."""
+    for listening in getattr(server, "servers", []):
+        for sock in listening.sockets:
+            return int(sock.getsockname()[1])
+    return None
 
 
 def _bound(settings: Settings, host: str) -> Settings:
@@ -90,6 +98,9 @@ def _refuse_unsafe(state: CliState, settings: Settings) -> None:
 
     The app's lifespan checks again; this runs first so a refusal is one clear line.
     """
+    import asyncio
+
+    from conclave.agents import REGISTRY
     from conclave.services.edge_auth import agent_urls, startup_verdict
     from conclave.services.runtime import open_store
 
@@ -109,7 +120,9 @@ def _refuse_unsafe(state: CliState, settings: Settings) -> None:
         fail(state.err, refusal, 2)
 
 
-def _server(settings: Settings, now_ms: Callable[[], int], host: str, port: int) -> _Server:
+def _server(settings: Settings, now_ms: Callable[[], int], host: str, port: int) -> uvicorn.Server:
+    import uvicorn
+
     from conclave.services.api import create_app
     from conclave.services.http_server import server_options
 
@@ -122,17 +135,19 @@ def _server(settings: Settings, now_ms: Callable[[], int], host: str, port: int)
         lifespan="on",
         **server_options(settings.api.body_timeout_s),  # a bounded, timed request head
     )
-    return _Server(config)
+    return _server_class()(config)
 
 
-async def _started(server: _Server, task: asyncio.Task[None]) -> int:
+async def _started(server: uvicorn.Server, task: asyncio.Task[None]) -> int:
     """Wait until ``server`` listens; its port. Raises `RuntimeError` if it stopped instead."""
+    import asyncio
+
     async with asyncio.timeout(START_TIMEOUT_S):
         while not server.started:
             if task.done() or server.should_exit:
                 raise RuntimeError("the orchestrator stopped during start-up (see the log above)")
             await asyncio.sleep(0.05)
-    port = server.port
+    port = _bound_port(server)
     if port is None:
         raise RuntimeError("the orchestrator is not listening")
     return port
@@ -171,6 +186,8 @@ def _tracing(state: CliState) -> Generator[None, None, None]:
 
 
 def _serve_blocking(state: CliState, settings: Settings, host: str, port: int) -> None:
+    import asyncio
+
     server = _server(settings, state.now_ms, host, port)
     with _tracing(state):
         try:
@@ -233,7 +250,11 @@ def summary_lines(run: dict[str, Any]) -> list[str]:
         f" {run.get('asOf')}, source {run.get('source')}, {ok}/{len(steps)} agents ok",
     ]
     if run.get("degraded"):
-        lines.append(f"degraded: missing {', '.join(run.get('missingAgents', []))}")
+        missing = run.get("missingAgents", [])
+        why = [f"missing {', '.join(missing)}"] if missing else []
+        why += [f"gaps {tf} {g['missing']} of {g['bars']} bars missing ({g['missingPct']:.2f} %)"
+                for tf, g in run.get("gaps", {}).items() if g.get("degraded")]  # fmt: skip
+        lines.append(f"degraded: {'; '.join(why)}")
     if run.get("simulated"):
         lines.append("SIMULATED: data from the simulator, not a market; not a trading signal.")
     return lines
@@ -249,6 +270,8 @@ async def _demo(
     once: bool,
     with_dashboard: bool = True,
 ) -> None:
+    import asyncio
+
     import httpx2
 
     server = _server(settings, state.now_ms, host, port)
@@ -300,6 +323,8 @@ def demo(
     with_dashboard: DashboardOption = True,
 ) -> None:
     """Serve in monolithic mode, run the pipeline once, print it and the URLs to try."""
+    import asyncio
+
     state: CliState = ctx.obj
     s = state.settings
     settings = s.model_copy(
@@ -336,6 +361,7 @@ def up(
     with_dashboard: DashboardOption = True,
 ) -> None:
     """Start the nine agent services and the orchestrator over them; Ctrl-C stops all."""
+    from conclave.agents import REGISTRY
     from conclave.services import procs
 
     state: CliState = ctx.obj

@@ -21,21 +21,20 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import numpy as np
 import structlog
 from opentelemetry import trace
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from conclave.market.candles import OPTIONAL_FIELDS, REQUIRED_FIELDS, Candles
 from conclave.market.sources.base import CandleSource, check_request
 from conclave.observability.metrics import CACHE_LOOKUPS
 from conclave.settings import CacheSettings
 from conclave.timeframes import Timeframe
+
+if TYPE_CHECKING:  # redis loads with the first RedisCache: in-process runs never need it
+    from redis.asyncio import Redis
 
 log = structlog.get_logger(__name__)
 _tracer = trace.get_tracer("conclave")
@@ -219,6 +218,13 @@ class RedisCache:
         warn_interval_s: float = 30.0,
         clock: Clock = time.monotonic,
     ) -> None:
+        from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import RedisError
+
+        #: what a Redis call may raise: a logged miss, never a failed request (D1, D2)
+        self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
         self._client: Redis = Redis.from_url(
             url,
             socket_timeout=timeout_s,
@@ -255,7 +261,7 @@ class RedisCache:
         try:
             async with asyncio.timeout(self._timeout_s):
                 blob = await self._client.get(full)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except self._errors as exc:
             self._failed("get", exc)
             return None
         if blob is None:
@@ -275,14 +281,14 @@ class RedisCache:
         try:
             async with asyncio.timeout(self._timeout_s):
                 await self._client.set(self._full(key), blob, px=max(1, int(ttl_s * 1000)))
-        except (RedisError, OSError, TimeoutError) as exc:
+        except self._errors as exc:
             self._failed("set", exc)
 
     async def _delete(self, full_key: str) -> None:
         try:
             async with asyncio.timeout(self._timeout_s):
                 await self._client.delete(full_key)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except self._errors as exc:
             self._failed("delete", exc)
 
     async def aclose(self) -> None:

@@ -20,12 +20,13 @@ import re
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
-
-from pydantic import SecretStr
+from typing import TYPE_CHECKING, Literal
 
 from conclave.errors import InvalidRequestError
 from conclave.security.secret_rules import require_secret
+
+if TYPE_CHECKING:  # an annotation only: `conclave --help` (which needs `Scope`) skips pydantic
+    from pydantic import SecretStr
 
 #: Every key starts with this, so a leaked one is recognisable (secret scanners, logs).
 KEY_PREFIX = "ck_"

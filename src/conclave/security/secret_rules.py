@@ -7,9 +7,12 @@ take a secret refuse the same values with the same message, naming the setting (
 
 from __future__ import annotations
 
-from pydantic import SecretStr
+from typing import TYPE_CHECKING
 
 from conclave.errors import ConfigurationError
+
+if TYPE_CHECKING:  # an annotation only: `conclave --help` (which needs `Scope`) skips pydantic
+    from pydantic import SecretStr
 
 #: Fewest characters a secret may have: 32 random characters carry well over 128 bits.
 MIN_SECRET_LENGTH = 32
@@ -30,7 +33,7 @@ def secret_problem(value: SecretStr | str | None) -> str | None:
     """Why ``value`` cannot serve as a secret (``"not set"``, ``"empty"``, ...); None if fine."""
     if value is None:
         return "not set"
-    raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+    raw = value if isinstance(value, str) else value.get_secret_value()
     stripped = raw.strip()
     if not stripped:
         return "empty"
@@ -53,6 +56,6 @@ def require_secret(value: SecretStr | str | None, setting: str) -> bytes:
             f"{setting} is {problem}: set it to at least {MIN_SECRET_LENGTH} random characters"
             " (e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))')"
         )
-    raw = value.get_secret_value() if isinstance(value, SecretStr) else value
-    assert raw is not None  # secret_problem refused None
+    assert value is not None  # secret_problem refused None
+    raw = value if isinstance(value, str) else value.get_secret_value()
     return raw.encode("utf-8")
