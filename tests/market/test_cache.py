@@ -333,7 +333,9 @@ async def test_a_cancelled_caller_does_not_fail_the_others() -> None:
 
 
 async def test_entries_never_outlive_one_timeframe() -> None:
-    """B4: a 1m window cached with a 30 s TTL is refetched after 30 s; a 1s one after 1 s."""
+    """B4: with a configured TTL of an hour, an entry lives one bar at most: a 1m window is a
+    hit at 59 s and refetched at 60 s; the TTL of a 1m entry is 60 s, of a 1s one 1 s (the
+    real Redis's PTTL: ``tests/reliability/test_b4_stale_data.py``)."""
     clock = FakeClock()
     source = CountingSource()
     cached = CachedSource(source, MemoryCache(clock=clock), ttl_s=3600)

@@ -174,7 +174,11 @@ async def test_a1_callers_with_time_left_wait_then_send(stub: FakeBinance) -> No
 async def test_a2_constant_429_never_escalates_to_a_ban(
     stub: FakeBinance, shared: bool, request: pytest.FixtureRequest
 ) -> None:
-    """A2: 429 on everything for 60 s: <= 10 requests per replica, 0 would-ban events."""
+    """A2 (pass figure: <= 10 Stub-BX requests per replica per 60 s; 0 would-ban events):
+    429 + ``Retry-After: 3`` on every request for 60 simulated seconds, each replica (3
+    sharing the latch in the real Redis, or 1 in process) trying once a second: at most 10
+    requests reach Stub-BX from each, and none inside an announced Retry-After window (the
+    stub counts those as would-ban, stricter than the row's more than 3)."""
     clock = FakeClock()
     stub.clock = clock
     stub.rule = lambda path, params: Fault(status=429, headers={"Retry-After": "3"})
