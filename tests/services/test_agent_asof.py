@@ -18,6 +18,7 @@ import pytest
 from conclave.agents import REGISTRY
 from conclave.market.candles import Candles
 from conclave.market.resample import resample
+from conclave.market.validation import fill_gaps
 from conclave.news.headline import Headline
 from conclave.news.sources import FileNewsSource
 from conclave.pipeline import Pipeline, PipelineRun
@@ -45,8 +46,9 @@ def _columns(c: Candles) -> dict[str, Any]:
 
 def _series(shared_data: Path, as_of: int) -> tuple[Candles, int]:
     """The real BTC 1h bars around ``as_of``: every bar any agent reads, then ``AFTER``
-    more; and the index of the last bar closed by ``as_of``."""
-    c = load(shared_data / "candles" / BTC_1H)
+    more; and the index of the last bar closed by ``as_of``. Gaps are filled as the
+    pipeline fills its windows (B3): the file misses bars in the window at the close."""
+    c, _ = fill_gaps(load(shared_data / "candles" / BTC_1H))
     last = int(np.searchsorted(c.close_time, as_of, side="right")) - 1
     need, _ = fetch_plan([cls() for cls in REGISTRY.values()], "1h")
     return c.take(slice(last + 1 - need - 50, last + 1 + AFTER)), need + 49
