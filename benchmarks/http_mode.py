@@ -15,8 +15,10 @@ besides HTTP):
   nine services together, over the timed runs of both kinds;
 - the services' resident memory after the load, largest and total.
 
-The table shows the median over the rounds with the range, and the ratio this / other.
-A measurement stops every process it started; should it die, this script stops them by
+The orchestrator runs on asyncio's default loop (as ``conclave run`` does), or on uvloop
+with ``--loop uvloop`` (the services always run uvicorn's: uvloop when installed). The
+table shows the median over the rounds with the range, and the ratio this / other. A
+measurement stops every process it started; should it die, this script stops them by
 their recorded PIDs.
 
     .venv/bin/python benchmarks/http_mode.py --compare-with /tmp/base_http/src
@@ -148,6 +150,14 @@ async def measure_modes(
     return out
 
 
+def _loop_factory(loop: str) -> Any:
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
+
+
 def measure(args: argparse.Namespace) -> None:
     """Measure the tree at ``--src`` (already on ``PYTHONPATH``); print the figures as JSON."""
     import conclave.pipeline.http_runner as http_runner
@@ -165,13 +175,22 @@ def measure(args: argparse.Namespace) -> None:
     try:
         failed = [r for r in start_agents(settings) if r.status != "started"]
         if failed:
-            raise SystemExit(f"agent services failed to start: {failed}")
+            logs = {r.name: _tail(settings.logs_dir / f"{r.name}.log") for r in failed}
+            raise SystemExit(f"agent services failed to start: {failed}\n{logs}")
         services = [psutil.Process(p.pid) for p in read_pidfile(settings).values()]
         urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-        figures = asyncio.run(measure_modes(urls, services, args))
+        with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:
+            figures = runner.run(measure_modes(urls, services, args))
     finally:
         stop_recorded(settings)
     print(json.dumps(figures))
+
+
+def _tail(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")[-1500:]
+    except OSError as exc:
+        return f"({exc})"
 
 
 # --- the comparison, in this process ----------------------------------------------------
@@ -198,7 +217,8 @@ def run_measurement(src: Path, args: argparse.Namespace) -> dict[str, Any]:
         env = {**os.environ, "PYTHONPATH": f"{shim}{os.pathsep}{src}"}
         cmd = [sys.executable, __file__, "--measure", "--src", str(src),
                "--data-dir", str(Path(tmp) / "data"), "--runs", str(args.runs),
-               "--warmup", str(args.warmup), "--inflight", str(args.inflight)]  # fmt: skip
+               "--warmup", str(args.warmup), "--inflight", str(args.inflight),
+               "--loop", args.loop]  # fmt: skip
         try:
             done = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True,
                                   timeout=args.measure_timeout_s, check=False)  # fmt: skip
@@ -234,8 +254,9 @@ def cell(values: list[float], fmt: str) -> str:
 
 def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> None:
     labels = list(results)
-    title = (f"full Pipeline.run, BTCUSDT 1h; {args.runs} runs one at a time, {args.runs} with"
-             f" {args.inflight} in flight; median (range) of {args.rounds} rounds")  # fmt: skip
+    title = (f"full Pipeline.run, BTCUSDT 1h, orchestrator on {args.loop}; {args.runs} runs one"
+             f" at a time, {args.runs} with {args.inflight} in flight; median (range) of"
+             f" {args.rounds} rounds")  # fmt: skip
     table = Table(title=title)
     table.add_column("figure")
     for label in labels:
@@ -277,6 +298,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--inflight", type=int, default=8)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="the orchestrator's event loop (the services run uvicorn's:"
+                             " uvloop)")  # fmt: skip
     parser.add_argument("--measure-timeout-s", type=float, default=240.0)
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--src", help=argparse.SUPPRESS)

@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import orjson
 import pytest
+import structlog
 
-from conclave.agents import REGISTRY
+from conclave.agents import REGISTRY, AgentInput
 from conclave.market.gateway import MarketGateway
 from conclave.pipeline import Pipeline
 from conclave.pipeline.wire import encode_input
-from conclave.services.agent_app import create_agent_app
+from conclave.services.agent_app import as_of_input, create_agent_app
 from conclave.settings import AgentServiceSettings, MarketSettings, Settings
-from conclave.timeframes import iso_ms
+from conclave.timeframes import HOUR_MS, iso_ms
 from tests.pipeline.helpers import CountingSource
-from tests.services.helpers import FILE_AS_OF, SIM_NOW, context_at, file_gateway
+from tests.services.helpers import FILE_AS_OF, SIM_NOW, context_at, file_gateway, sim_gateway
 
 JSON = {"content-type": "application/json"}
 IDS = {"accountId": "demo", "symbol": "BTCUSDT", "timeframe": "1h"}
@@ -294,6 +296,68 @@ async def test_unexpected_failure_is_a_bare_500() -> None:
     assert_clean_error(resp, 500)
     assert resp.json() == {"error": {"code": "internal", "message": "internal error"}}
     assert "db.internal" not in resp.text
+
+
+async def test_run_passes_through_every_middleware_of_the_app() -> None:
+    """POST /run goes around FastAPI's router, not around the app's middleware: one added
+    after the app was made sees it (as it sees any other request), with the answer."""
+    app = create_agent_app("momentum", settings(), now_ms=lambda: SIM_NOW)
+    seen: list[tuple[str, str, int]] = []
+
+    class Recorder:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            async def record(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    seen.append((scope["method"], scope["path"], message["status"]))
+                await send(message)
+
+            await self.inner(scope, receive, record)
+
+    app.add_middleware(Recorder)
+    transport = httpx2.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx2.AsyncClient(transport=transport, base_url="http://a") as c,
+    ):
+        assert (await c.post("/run", json=IDS)).status_code == 200
+        assert (await c.post("/run", content=b"{", headers=JSON)).status_code == 400
+        assert (await c.get("/health/live")).status_code == 200
+    assert seen == [("POST", "/run", 200), ("POST", "/run", 400), ("GET", "/health/live", 200)]
+
+
+async def test_an_input_closed_at_its_as_of_is_used_as_it_is() -> None:
+    """What the orchestrator sends (bars closed and fresh at asOf) comes back unchanged;
+    the same input one bar earlier loses exactly its newest bar of the run's timeframe."""
+    async with Pipeline(sim_gateway()) as pipe:
+        ctx = await context_at(pipe, SIM_NOW)
+    agent = pipe.agents["multi-timeframe"]
+    given = ctx.input_for(agent)
+    assert as_of_input(given, agent.min_bars("1h")) is given
+    newest = int(given.candles.open_time[-1])
+    earlier = as_of_input(replace(given, as_of_ms=newest + 1), agent.min_bars("1h"))
+    assert isinstance(earlier, AgentInput)
+    assert earlier.candles.equals(given.candles.take(slice(0, -1)))
+
+
+async def test_a_repeated_no_data_reason_is_logged_once() -> None:
+    """news-sentiment without news answers no_data every run: the info line comes at the
+    first answer and again only when the reason changes (no source, no headlines, ...)."""
+    body = _inline(candles={"1h": {"openTime": [0], "open": [1.0], "high": [1.0],
+                                   "low": [1.0], "close": [1.0], "volume": [1.0]}},
+                   asOf=HOUR_MS)  # fmt: skip
+    answered = []
+    async with client("news-sentiment") as c:
+        with structlog.testing.capture_logs() as logs:
+            for news in (None, None, [], [], None):
+                meta = (await c.post("/run", json={**body, "news": news})).json()["meta"]
+                assert meta["status"] == "no_data"
+                answered.append(meta["reason"])
+    logged = [e["reason"] for e in logs if e["event"] == "agent_no_signal"]
+    assert logged == [answered[0], answered[2], answered[4]]
+    assert answered[0] == answered[1] != answered[2] == answered[3] != answered[4]
 
 
 def test_unknown_agent_name_is_refused_with_a_suggestion() -> None:

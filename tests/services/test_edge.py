@@ -23,8 +23,8 @@ from conclave.pipeline import Pipeline
 from conclave.pipeline.wire import encode_input
 from conclave.services.agent_app import create_agent_app
 from conclave.services.api import create_app
-from conclave.services.http_common import MAX_HEADER_BYTES, MAX_HEADERS
-from conclave.services.json_body import has_duplicate_keys
+from conclave.services.http_common import MAX_HEADER_BYTES, MAX_HEADERS, ApiError
+from conclave.services.json_body import has_duplicate_keys, keys_all_kept, parse_json
 from conclave.settings import Settings
 from tests.services.edge_servers import (
     SHORT_TIMEOUT_S,
@@ -171,6 +171,41 @@ def test_a_head_that_stops_gets_408_and_an_idle_connection_closes(
     assert idle.closed_s <= SHORT_TIMEOUT_S + TOLERANCE_S
 
 
+def _answer(sock: socket.socket) -> bytes:
+    """One whole answer (head and a Content-Length body) read from ``sock``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head_part, _, body = data.partition(b"\r\n\r\n")
+    length = int(head_part.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head_part + b"\r\n\r\n" + body
+
+
+def test_a_later_head_is_timed_from_its_first_byte(servers: dict[str, Served]) -> None:
+    """On a kept-alive agent connection: a head sent in two parts 0.3 s apart is answered;
+    then half a head gets 408 and the close, the timeout counted from its first byte."""
+    live = b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", servers["agent"].port), timeout=15) as sock:
+        sock.sendall(live)
+        assert _answer(sock).startswith(b"HTTP/1.1 200 ")
+        sock.sendall(live[:20])
+        time.sleep(0.3)
+        sock.sendall(live[20:])
+        assert _answer(sock).startswith(b"HTTP/1.1 200 ")
+        time.sleep(0.5)  # idle between requests: not part of the next head's time
+        sock.sendall(live[:20])
+        t0 = time.monotonic()
+        rest = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                rest += chunk
+        closed = time.monotonic() - t0
+    assert rest.startswith(b"HTTP/1.1 408 "), rest[:200]
+    assert SHORT_TIMEOUT_S - 0.1 <= closed <= SHORT_TIMEOUT_S + TOLERANCE_S
+
+
 # -- header bounds ---------------------------------------------------------------------------
 
 
@@ -294,6 +329,61 @@ def test_duplicate_keys_agree_with_a_reference_parser(value: Any) -> None:
     standard library's pairs hook."""
     raw = _write(value).encode()
     assert has_duplicate_keys(raw) is _has_dup_reference(raw)
+
+
+def _parses(raw: bytes) -> bool:
+    """True when `parse_json` accepts ``raw``, False when it answers 400 naming ``body``."""
+    refused: ApiError | None = None
+    try:
+        parse_json(raw)
+    except ApiError as exc:
+        refused = exc
+    if refused is None:
+        return True
+    assert (refused.status_code, refused.field) == (400, "body")
+    return False
+
+
+@pytest.mark.parametrize(("raw", "expected"), DUPLICATE_CASES)
+def test_parse_json_refuses_exactly_the_bodies_with_a_duplicate_key(
+    raw: bytes, expected: bool
+) -> None:
+    """The parser's verdict (counting first, the exact scan when counting cannot tell) is
+    the exact scan's."""
+    assert _parses(raw) is not expected
+
+
+def _write_plain(value: Any) -> str:
+    if isinstance(value, tuple) and value[:1] == ("obj",):
+        return "{" + ",".join(f"{json.dumps(k, ensure_ascii=False)}:{_write_plain(v)}"
+                              for k, v in value[1]) + "}"  # fmt: skip
+    if isinstance(value, list):
+        return "[" + ",".join(_write_plain(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON)
+def test_counting_never_misses_a_duplicate_key(value: Any) -> None:
+    """Random JSON, written with and without escapes and spaces: whenever the count says
+    every key was kept the reference finds no duplicate, and the parser agrees with it."""
+    for raw in (_write(value).encode(), _write_plain(value).encode()):
+        reference = _has_dup_reference(raw)
+        if keys_all_kept(raw, orjson.loads(raw)):
+            assert not reference, raw
+        assert _parses(raw) is not reference, raw
+
+
+async def test_an_orchestrator_context_is_decided_by_counting(tmp_path: Path) -> None:
+    """Every agent's real context needs no scan: the count tells its keys were all kept."""
+    async with Pipeline(sim_gateway()) as pipe:
+        limit, higher = pipe.plan("1h")
+        snap = await pipe.gateway.snapshot("BTCUSDT", "1h", higher=higher, limit=limit,
+                                           as_of_ms=SIM_NOW)  # fmt: skip
+        ctx = await pipe.context(snap, "acct-1")
+        for agent in pipe.agents.values():
+            raw = encode_input(ctx.input_for(agent))
+            assert keys_all_kept(raw, orjson.loads(raw)), agent.name
 
 
 @pytest.mark.parametrize(

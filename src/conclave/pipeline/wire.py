@@ -41,7 +41,7 @@ from conclave.market.candles import Candles
 from conclave.market.validation import reject_invalid_rows
 from conclave.news.headline import Headline
 from conclave.settings import SYMBOL_PATTERN
-from conclave.timeframes import Timeframe
+from conclave.timeframes import BINANCE_INTERVALS, Timeframe
 
 #: Wire name of each candle column (snake_case attribute -> camelCase key).
 COLUMNS: dict[str, str] = {
@@ -55,7 +55,14 @@ COLUMNS: dict[str, str] = {
     "trades": "trades",
 }
 _REQUIRED = ("openTime", "open", "high", "low", "close", "volume")
+_COLUMN_KEYS = frozenset(COLUMNS.values())
+#: `Candles` attribute and wire key of every column after ``openTime``, in field order.
+_DATA_COLUMNS = tuple((name, key) for name, key in COLUMNS.items() if name != "open_time")
 _INT_COLUMNS = frozenset({"openTime", "trades"})
+_NOT_A_COLUMN = np.zeros(0)
+_I64, _F64 = np.dtype(np.int64), np.dtype(np.float64)
+#: Every timeframe, parsed once (`Timeframe` values are frozen).
+_TIMEFRAMES = {name: Timeframe.parse(name) for name in BINANCE_INTERVALS}
 _ACCOUNT_KEYS = frozenset(
     {"accountId", "equityTimeMs", "equity", "openExposure", "startOfDayEquity", "readable",
      "error", "risk"}
@@ -222,23 +229,39 @@ def _instant_ms(value: Any, field: str) -> int:
 
 
 def _array(value: Any, field: str, *, integer: bool, length: int | None) -> Any:
-    """A list of JSON numbers as a read-only numpy column; strict about type and length."""
-    what = "integers" if integer else "numbers"
-    size = "" if length is None else f" {length}"
-    if not isinstance(value, list) or (length is not None and len(value) != length):
-        raise WireError(field, f"expected a list of{size} {what}")
+    """A list of JSON numbers as a read-only numpy column; strict about type and length.
+
+    numpy infers the dtype (``np.array`` with one given would read ``"1.5"`` as 1.5), and
+    the result is the column itself: `Candles` takes it as it is, no second copy.
+    """
+    if type(value) is not list or (length is not None and len(value) != length):
+        raise WireError(field, _expected(integer, length))
     if not value:
-        return np.zeros(0, dtype=np.int64 if integer else np.float64)
-    try:
-        arr = np.array(value)
-    except (ValueError, TypeError, OverflowError):  # ragged or nested lists, huge integers
-        arr = np.zeros(0)
-    if arr.ndim != 1 or len(arr) != len(value) or arr.dtype.kind not in ("i" if integer else "if"):
+        arr = np.zeros(0, dtype=_I64 if integer else _F64)
+    else:
+        try:
+            arr = np.array(value)
+        except (ValueError, TypeError, OverflowError):  # ragged or nested lists, huge integers
+            arr = _NOT_A_COLUMN
+        dtype = arr.dtype
+        if arr.shape != (len(value),) or not (dtype is _I64 or (dtype is _F64 and not integer)):
+            arr = _other_dtype(arr, value, field, integer, length)
+    arr.setflags(write=False)
+    return arr
+
+
+def _expected(integer: bool, length: int | None) -> str:
+    size = "" if length is None else f" {length}"
+    return f"expected a list of{size} {'integers' if integer else 'numbers'}"
+
+
+def _other_dtype(arr: Any, value: list[Any], field: str, integer: bool, length: int | None) -> Any:
+    """``arr`` as int64 or float64 when numpy found numbers in another dtype, else raise."""
+    kind = arr.dtype.kind
+    if arr.shape != (len(value),) or not (kind == "i" or (kind == "f" and not integer)):
         _bad_item(value, field, integer)
-        raise WireError(field, f"expected a list of{size} {what}")
-    if integer:
-        return arr.astype(np.int64, copy=False)
-    return arr.astype(np.float64, copy=False)  # JSON has no NaN or infinity: all finite
+        raise WireError(field, _expected(integer, length))
+    return arr.astype(_I64 if integer else _F64)  # JSON has no NaN or infinity: all finite
 
 
 def _bad_item(value: list[Any], field: str, integer: bool) -> None:
@@ -262,33 +285,62 @@ def _unknown(obj: Mapping[str, Any], known: frozenset[str] | Mapping[str, Any], 
 
 
 def _candles(
-    value: Any, field: str, symbol: str, timeframe: str, source: str, simulated: bool
+    value: Any, field: str, symbol: str, timeframe: Timeframe, source: str, simulated: bool
 ) -> Candles:
     obj = _mapping(value, field)
-    _unknown(obj, frozenset(COLUMNS.values()), field)
+    _unknown(obj, _COLUMN_KEYS, field)
     for key in _REQUIRED:
         if key not in obj:
             raise WireError(f"{field}.{key}", "missing")
     open_time = _array(obj["openTime"], f"{field}.openTime", integer=True, length=None)
     n = len(open_time)
-    back = np.flatnonzero(np.diff(open_time) <= 0)
-    if back.size:
-        raise WireError(f"{field}.openTime[{int(back[0]) + 1}]", "not after the row before it")
-    cols: dict[str, Any] = {"open_time": open_time}
-    for name, key in COLUMNS.items():
-        if name != "open_time" and key in obj:
-            cols[name] = _array(obj[key], f"{field}.{key}", integer=key in _INT_COLUMNS, length=n)
-    candles = Candles.from_column_map(symbol, timeframe, cols, source=source, simulated=simulated)
-    _, rejected = reject_invalid_rows(candles)
-    if rejected:
-        row = int(np.searchsorted(open_time, rejected[0].open_time_ms))
-        rule = rejected[0].reason
-        column = _RULE_COLUMN.get(rule) or next(
-            (k for k in ("open", "high", "low", "close") if not obj[k][row] > 0), None
-        )
-        more = f" (and {len(rejected) - 1} more rows)" if len(rejected) > 1 else ""
-        raise WireError(f"{field}.{column}[{row}]" if column else f"{field}[{row}]", rule + more)
+    if n > 1 and not (open_time[1:] > open_time[:-1]).all():
+        back = int(np.flatnonzero(np.diff(open_time) <= 0)[0]) + 1
+        raise WireError(f"{field}.openTime[{back}]", "not after the row before it")
+    cols: dict[str, Any] = {
+        name: _array(obj[key], f"{field}.{key}", integer=key in _INT_COLUMNS, length=n)
+        if key in obj else None
+        for name, key in _DATA_COLUMNS
+    }  # fmt: skip
+    # the columns are fresh read-only arrays of one length: no copy through `from_arrays`
+    candles = Candles(symbol, timeframe, open_time, **cols, source=source, simulated=simulated)
+    if not _rows_valid(candles):
+        _reject_rows(candles, obj, field)
     return candles
+
+
+def _rows_valid(c: Candles) -> bool:
+    """True when no row breaks a rule of `validation.reject_invalid_rows`, in fewer array
+    operations than the rules take one by one.
+
+    Each rule broken makes this false: the low above 0 and below the open and the close,
+    the high above both, keep every price positive and the high above the low; a NaN fails
+    every comparison, and an infinite open, low or close fails one (JSON has no infinity:
+    the checks are for what else might build candles). False only means "ask the rules",
+    which `_reject_rows` does.
+    """
+    o, h, lo, cl, v, tb = c.open, c.high, c.low, c.close, c.volume, c.taker_buy_volume
+    ok = (lo > 0) & (h >= np.maximum(o, cl)) & (lo <= np.minimum(o, cl)) & (v >= 0)
+    ok &= np.isfinite(h) & np.isfinite(v)
+    if tb is not None:
+        ok &= (tb >= 0) & (tb <= v * (1 + 1e-9)) & np.isfinite(tb)
+    if c.trades is not None:
+        ok &= c.trades >= 0
+    return bool(ok.all())
+
+
+def _reject_rows(candles: Candles, obj: Mapping[str, Any], field: str) -> None:
+    """Raise `WireError` naming the first row `validation.reject_invalid_rows` rejects."""
+    _, rejected = reject_invalid_rows(candles)
+    if not rejected:
+        return
+    row = int(np.searchsorted(candles.open_time, rejected[0].open_time_ms))
+    rule = rejected[0].reason
+    column = _RULE_COLUMN.get(rule) or next(
+        (k for k in ("open", "high", "low", "close") if not obj[k][row] > 0), None
+    )
+    more = f" (and {len(rejected) - 1} more rows)" if len(rejected) > 1 else ""
+    raise WireError(f"{field}.{column}[{row}]" if column else f"{field}[{row}]", rule + more)
 
 
 def _news(value: Any) -> list[Headline] | None:
@@ -354,8 +406,15 @@ def _account_id(value: Any, field: str) -> str | None:
 
 def check_timeframe(value: Any, field: str = "timeframe") -> str:
     """``value`` as a known timeframe name; `WireError` naming ``field`` otherwise."""
+    return _timeframe(value, field).name
+
+
+def _timeframe(value: Any, field: str) -> Timeframe:
+    tf = _TIMEFRAMES.get(value) if type(value) is str else None
+    if tf is not None:
+        return tf
     try:
-        return Timeframe.parse(value).name
+        return Timeframe.parse(value)
     except InvalidTimeframeError as exc:
         raise WireError(field, str(exc)) from None
 
@@ -385,8 +444,8 @@ def decode_context(data: Any) -> WireContext:
         raise WireError(f"candles.{timeframe}", "missing (the run's timeframe is required)")
     frames: dict[str, Candles] = {}
     for key, value in by_tf.items():
-        tf = check_timeframe(key, f"candles.{str(key)[:20]}")
-        frames[tf] = _candles(value, f"candles.{tf}", symbol, tf, source, simulated)
+        tf = _timeframe(key, f"candles.{str(key)[:20]}")
+        frames[tf.name] = _candles(value, f"candles.{tf.name}", symbol, tf, source, simulated)
     base = frames.pop(timeframe)
     news, account = _news(obj.get("news")), _account_state(obj.get("account"))
     agent_input = AgentInput(symbol, timeframe, as_of_ms, base, frames, news, account)

@@ -17,8 +17,8 @@ service (`conclave.services.agent_health`); ``POST /run`` takes a context (see
   store yet). ``asOf`` defaults to now, read at the edge of the app.
 
 ``POST /run`` is answered by `conclave.services.agent_route.RunRoute`, a pure ASGI route in
-front of FastAPI with the same rules and error shapes (FastAPI still documents it and serves
-everything else).
+front of FastAPI's router, inside the app's own middleware (`AgentApp`), with the same
+rules and error shapes (FastAPI still documents it and serves everything else).
 
 The agent is looked up in the factory's `Registry` (default `conclave.agents.REGISTRY`),
 whose other agents still shape the data an ids-only context resolves to (the longest
@@ -42,6 +42,7 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from conclave.agents import REGISTRY, Agent, AgentInput, AgentResult, Status
 from conclave.agents.plain import wire_answer
@@ -55,6 +56,7 @@ from conclave.errors import (
     StaleDataError,
 )
 from conclave.market.cache import make_cache
+from conclave.market.candles import Candles
 from conclave.market.gateway import MarketGateway
 from conclave.market.sources import open_source
 from conclave.market.validation import check_fresh, drop_unclosed
@@ -65,7 +67,7 @@ from conclave.pipeline.wire import WireContext, WireError, decode_context
 from conclave.security.signing import Verifier
 from conclave.services.agent_health import RunStats, install_agent_health
 from conclave.services.agent_openapi import agent_run_schema
-from conclave.services.agent_route import RunRoute
+from conclave.services.agent_route import RunRoute, run_stack
 from conclave.services.http_common import (
     install_http_common,
     json_response,
@@ -98,14 +100,15 @@ def as_of_input(agent_input: AgentInput, min_bars: int) -> AgentInput | tuple[St
     (`Agent.run` then reports the close of its last bar as ``as_of``). No bar of the run's
     timeframe closed by then is ``insufficient_data`` (``min_bars`` needed); a timeframe
     whose newest closed bar is older than `validation.check_fresh` allows is ``stale_data``.
+    The input comes back as it is when nothing is left out (the orchestrator's case).
     """
     as_of, tf = agent_input.as_of_ms, agent_input.timeframe
-    base, _ = drop_unclosed(agent_input.candles, as_of)
+    base = _closed(agent_input.candles, as_of)
     if len(base) == 0:
         return "insufficient_data", (
             f"needs {min_bars} closed bars of {tf}, got 0: none closed by asOf {iso_ms(as_of)}"
         )
-    higher = {name: drop_unclosed(c, as_of)[0] for name, c in agent_input.higher.items()}
+    higher = {name: _closed(c, as_of) for name, c in agent_input.higher.items()}
     try:
         for frame in (base, *higher.values()):
             check_fresh(frame, as_of)
@@ -114,7 +117,21 @@ def as_of_input(agent_input: AgentInput, min_bars: int) -> AgentInput | tuple[St
     news = agent_input.news
     if news is not None and any(h.published_ms > as_of for h in news):
         news = [h for h in news if h.published_ms <= as_of]
-    return replace(agent_input, candles=base, higher=higher, news=news)
+    same = (
+        base is agent_input.candles
+        and news is agent_input.news
+        and all(higher[name] is c for name, c in agent_input.higher.items())
+    )
+    return agent_input if same else replace(agent_input, candles=base, higher=higher, news=news)
+
+
+def _closed(candles: Candles, as_of_ms: int) -> Candles:
+    """``candles`` without the bars not closed at ``as_of_ms``: the same value when its
+    newest bar closed by then (decoded open times ascend, and so do the close times)."""
+    newest = candles.last_open_ms
+    if newest is None or candles.timeframe.close_time(newest) <= as_of_ms:
+        return candles
+    return drop_unclosed(candles, as_of_ms)[0]
 
 
 def _failed(agent: Agent, status: Status, reason: str, now_iso: str, took_ms: float) -> Any:
@@ -223,6 +240,35 @@ class _Service:
             return _failed(self.agent, "error", f"{exc.reason}: {exc}", now_iso, took)
 
 
+class AgentApp(FastAPI):
+    """An agent service's app: ``POST /run`` goes to `run_route` inside the app's own
+    middleware (`agent_route.run_stack`: the edge guard, metrics, tracing and the 500
+    handler, exactly as around any route), everything else to FastAPI.
+
+    Skipping the framework's per-request layers (its exception and telemetry middleware,
+    the router) keeps what each of the nine calls of a run costs the service to what the
+    route needs; the stack is built at the first ``/run``, as FastAPI builds its own at the
+    first request, so middleware added after the app was made wraps ``/run`` too.
+    """
+
+    run_route: ASGIApp | None = None
+    _run_stack: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.run_route
+        lean = scope["type"] == "http" and scope["path"] == "/run" and scope["method"] == "POST"
+        if route is None or not lean:
+            await super().__call__(scope, receive, send)
+            return
+        if self._run_stack is None:
+            handler = self.exception_handlers.get(Exception) or self.exception_handlers.get(500)
+            self._run_stack = run_stack(route, self.user_middleware, handler)
+        scope["app"] = self
+        if self.root_path:
+            scope["root_path"] = self.root_path
+        await self._run_stack(scope, receive, send)
+
+
 def create_agent_app(
     name: str,
     settings: Settings,
@@ -230,7 +276,7 @@ def create_agent_app(
     registry: Registry = REGISTRY,
     now_ms: Callable[[], int] | None = None,
     gateway: MarketGateway | None = None,
-) -> FastAPI:
+) -> AgentApp:
     """The service of agent ``name`` of ``registry``; `InvalidRequestError` (field ``name``)
     if it has none of that name, `ConfigurationError` if the settings name an unknown agent.
 
@@ -263,7 +309,7 @@ def create_agent_app(
                 await service.gateway.aclose()
                 service.gateway = None
 
-    app = FastAPI(
+    app = AgentApp(
         title=f"Conclave agent: {name}",
         version=service.agent.version,
         description=service.agent.description,
@@ -276,7 +322,9 @@ def create_agent_app(
         if secret is not None
         else None
     )
-    app.add_middleware(RunRoute, service=service, verifier=verifier)  # inside the body limit
+    app.run_route = RunRoute(
+        service=service, verifier=verifier, log_runs=settings.log_level == "DEBUG"
+    )
     install_http_common(
         app,
         max_body_bytes=settings.agents.max_body_bytes,

@@ -53,6 +53,7 @@ def serve(
         log_config=None,  # uvicorn's records go through `configure_logging`'s handler
         access_log=False,
         server_header=False,
+        proxy_headers=False,  # no X-Forwarded-* to read: the caller is the orchestrator
         timeout_keep_alive=30,  # above the client's pooled keep-alive (15 s)
         timeout_graceful_shutdown=5,
         **server_options(settings.agents.body_timeout_s),  # a bounded, timed request head

@@ -48,16 +48,17 @@ if HttpToolsProtocol is not None:
             self._in_head, self._too_large = True, False
             self._head_bytes = self._head_size = self._head_count = 0
             self._head_timer: asyncio.TimerHandle | None = None
+            self._head_since: float | None = None  # when the head being read began
             super().connection_made(transport)
-            self._arm()
+            self._arm(self.loop.time())  # a fresh connection's first head: from now
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
 
-        def _arm(self) -> None:
+        def _arm(self, since: float) -> None:
             if self._head_timer is None:
-                self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_late)
+                self._head_timer = self.loop.call_at(since + self.head_timeout_s, self._head_late)
 
         def _disarm(self) -> None:
             if self._head_timer is not None:
@@ -73,11 +74,15 @@ if HttpToolsProtocol is not None:
             if self._in_head and self._head_bytes > self.max_head_bytes:
                 self._too_large = True
                 self._refuse(431, f"request head over {self.max_head_bytes} bytes")
+            elif self._head_since is not None:
+                # a head is still incomplete after this chunk: time it from its first byte
+                # (one whole in a chunk, the common case, never needs a timer)
+                self._arm(self._head_since)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._in_head, self._head_size, self._head_count = True, 0, 0
-            self._arm()
+            self._head_since = self.loop.time()
 
         def on_url(self, url: bytes) -> None:
             self._head_size += len(url)
@@ -95,7 +100,7 @@ if HttpToolsProtocol is not None:
             super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
-            self._in_head = False
+            self._in_head, self._head_since = False, None
             self._disarm()
             super().on_headers_complete()
 

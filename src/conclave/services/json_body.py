@@ -96,6 +96,43 @@ def has_duplicate_keys(raw: bytes) -> bool:
     return False
 
 
+def keys_all_kept(raw: bytes, parsed: Any) -> bool:
+    """True when parsing ``raw`` (valid JSON, parsed as ``parsed``) provably kept every
+    key: no object of ``raw`` has a key twice. False means "cannot tell this way" (ask
+    `has_duplicate_keys`).
+
+    Every ``:`` of ``raw`` outside a string follows a key, so ``raw`` holds as many as its
+    keys plus those inside its strings; when it holds no backslash (no escape: a string's
+    bytes are its text) the walk of ``parsed`` counts the same sum over what was kept, and
+    the two are equal only when nothing was dropped. The walk visits the objects and the
+    strings, never the numbers: a list whose first item is not an object, a list or a
+    string is not walked (should it hold a key or a ``:`` all the same, the sums differ).
+    Counting one byte is memchr speed: about a quarter of `has_duplicate_keys`' time on an
+    agent's context.
+    """
+    if _BACKSLASH in raw:
+        return False
+    counted = 0  # keys plus the colons inside the strings kept
+    todo = [parsed] if type(parsed) in _WALKED else []
+    while todo:
+        node = todo.pop()
+        kind = type(node)
+        if kind is dict:
+            counted += len(node)
+            for key, value in node.items():
+                counted += key.count(":")
+                if type(value) in _WALKED:
+                    todo.append(value)
+        elif kind is str:
+            counted += node.count(":")
+        elif kind is list and node and type(node[0]) in _WALKED:  # objects, lists, strings
+            todo.extend(node)
+    return raw.count(b":") == counted
+
+
+_WALKED = frozenset({dict, list, str})
+
+
 def parse_json(raw: bytes) -> Any:
     """``raw`` parsed with orjson; `ApiError` 400 naming ``body`` when malformed or when an
     object has a duplicate key."""
@@ -104,7 +141,7 @@ def parse_json(raw: bytes) -> Any:
     except orjson.JSONDecodeError as exc:
         # orjson's message names the position only, never echoes the input
         raise ApiError(400, "invalid_json", f"malformed JSON: {exc}", field="body") from None
-    if has_duplicate_keys(raw):
+    if not keys_all_kept(raw, parsed) and has_duplicate_keys(raw):
         raise ApiError(400, "invalid_json", "malformed JSON: an object has a duplicate key",
                        field="body")  # fmt: skip
     return parsed
