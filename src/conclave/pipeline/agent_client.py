@@ -2,16 +2,18 @@ r"""`AgentHttpClient`: the one pooled aiohttp client the nine `HttpRunner`\ s sh
 
 One keep-alive connection set per orchestrator process, so a run costs nine requests on warm
 connections, never nine handshakes. No retry of its own (the run is the retry unit), with
-one exception: a request the server dropped before the first byte of its answer is sent once
-more on a new connection (see `AgentHttpClient.request`). Failures are `AgentCallError`\ s
-with a reason code (`conclave.pipeline.http_runner` lists them); with a `Signer` every send
-is signed afresh, so a resent POST is never refused as a replay of the first attempt.
+one exception: a request the server dropped before the first byte of its answer on a reused
+pooled connection is sent once more on a new connection (see `AgentHttpClient.request`).
+Failures are `AgentCallError`\ s with a reason code (`conclave.pipeline.http_runner` lists
+them); with a `Signer` every send is signed afresh, so a resent POST is never refused as a
+replay of the first attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -88,15 +90,19 @@ async def _body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
 
 async def _exchange(
     session: aiohttp.ClientSession, method: str, url: str, body: bytes | None, limit: int,
-    headers: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None, trace: dict[str, bool] | None = None,
 ) -> tuple[int, bytes]:  # fmt: skip
-    """One request on ``session``: status and body; `_UnansweredError` if no answer byte came."""
+    """One request on ``session``: status and body; `_UnansweredError` if no answer byte came.
+
+    ``trace`` (for a session made with `_REUSE_TRACE`) gets ``reused`` True when the request
+    went out on a pooled connection rather than a new one."""
     headers_in = False
     sent = _JSON if not headers else {**_JSON, **headers}
     try:
         async with session.request(
-            method, url, data=body, headers=sent, allow_redirects=False
-        ) as resp:
+            method, url, data=body, headers=sent, allow_redirects=False,
+            trace_request_ctx=trace,
+        ) as resp:  # fmt: skip
             headers_in = True  # from here on, a failure is a broken answer: never resent
             return resp.status, await _body(resp, limit)
     except aiohttp.ClientError as exc:
@@ -106,7 +112,19 @@ async def _exchange(
         raise _UnansweredError(why) from exc
 
 
-def _session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+async def _on_reuse(_session: object, ctx: SimpleNamespace, _params: object) -> None:
+    if isinstance(ctx.trace_request_ctx, dict):
+        ctx.trace_request_ctx["reused"] = True
+
+
+def _reuse_trace() -> aiohttp.TraceConfig:
+    """Marks a request's ``trace_request_ctx`` when it took a pooled connection."""
+    config = aiohttp.TraceConfig()
+    config.on_connection_reuseconn.append(_on_reuse)
+    return config
+
+
+def _session(connector: aiohttp.TCPConnector, *, trace: bool = False) -> aiohttp.ClientSession:
     # no Accept-Encoding: bodies are read as sent (auto_decompress off); no User-Agent:
     # fewer header bytes for the service to parse; our deadline is the only timeout
     return aiohttp.ClientSession(
@@ -114,6 +132,7 @@ def _session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
         auto_decompress=False,
         skip_auto_headers=("User-Agent", "Accept-Encoding"),
         timeout=aiohttp.ClientTimeout(),
+        trace_configs=[_reuse_trace()] if trace else None,
     )
 
 
@@ -149,7 +168,7 @@ class AgentHttpClient:
         if self._pooled is None:
             limit = self.max_connections
             self._pooled = _session(
-                aiohttp.TCPConnector(limit=limit, keepalive_timeout=KEEPALIVE_S)
+                aiohttp.TCPConnector(limit=limit, keepalive_timeout=KEEPALIVE_S), trace=True
             )
         return self._pooled
 
@@ -164,11 +183,14 @@ class AgentHttpClient:
         self, method: str, url: str, body: bytes | None, headers: Mapping[str, str] | None
     ) -> tuple[int, bytes]:
         limit = self.max_answer_bytes
+        trace = {"reused": False}
         try:
             sent = self._signed(method, url, body, headers)
-            return await _exchange(self._pool(), method, url, body, limit, sent)
+            return await _exchange(self._pool(), method, url, body, limit, sent, trace)
         except _UnansweredError:
-            if method in IDEMPOTENT_METHODS:  # aiohttp resends those itself, once
+            # aiohttp resends idempotent methods itself, once; a drop on a NEW connection is
+            # the agent failing, not a stale keep-alive: one attempt per call (C9)
+            if method in IDEMPOTENT_METHODS or not trace["reused"]:
                 raise
         sent = self._signed(method, url, body, headers)  # fresh: the first may have arrived
         return await _exchange(self._new_connection(), method, url, body, limit, sent)
@@ -187,10 +209,12 @@ class AgentHttpClient:
     ) -> tuple[int, bytes]:  # fmt: skip
         """Status and body of one call; `AgentCallError` when no complete HTTP answer came.
 
-        A request the server drops before the first byte of its answer, the signature of
-        a keep-alive connection it closed while ours sat idle in the pool, is sent once
-        more on a new connection, inside the same ``timeout_s``; a second drop fails the
-        call. Nothing else is resent: not a timeout, not an error status, not an answer cut
+        A request the server drops before the first byte of its answer on a connection
+        taken from the pool, the signature of a keep-alive connection it closed while ours
+        sat idle, is sent once more on a new connection, inside the same ``timeout_s``; a
+        second drop fails the call, and so does a drop on a new connection (RELIABILITY C9:
+        one attempt per agent per run when the agent itself fails). Nothing else is
+        resent: not a timeout, not an error status, not an answer cut
         short (an agent's ``/run`` has no side effects, so resending unanswered is safe).
         aiohttp resends GET by itself (`ClientSession._request`: once, on the next pooled
         connection) but never POST, so only POST is resent here. ``headers`` are sent
