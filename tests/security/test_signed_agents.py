@@ -9,6 +9,7 @@ environment) serve a whole HTTP-mode run of the orchestrator signing with the sa
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,28 +154,35 @@ def _children(settings: Settings) -> list[Any]:
 
 
 async def test_a_resent_call_is_signed_afresh() -> None:
-    """A POST dropped unanswered is resent on a new connection with new signing headers:
-    both sends verify, the second is not refused as a replay of the first (which did
-    reach the agent)."""
+    """A POST dropped unanswered on a reused keep-alive connection is resent on a new
+    connection with new signing headers: every send verifies, the resend is not refused as
+    a replay of the dropped one (which did reach the agent)."""
     sent: list[tuple[dict[str, str], bytes]] = []
 
     async def handler(server: RawServer, peer: Peer) -> None:
-        head = await peer.reader.readuntil(b"\r\n\r\n")
-        lines = [line.decode("latin-1").split(":", 1) for line in head.split(b"\r\n")[1:]]
-        headers = {k.strip().lower(): v.strip() for k, v in (p for p in lines if len(p) == 2)}
-        body = await peer.reader.readexactly(int(headers["content-length"]))
-        sent.append((headers, body))
-        if len(sent) == 1:
-            drop(peer, "fin")
-            return
-        peer.writer.write(answer(b"{}"))
+        while True:  # keep-alive: serve requests on this connection until it is dropped
+            try:
+                head = await peer.reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            lines = [line.decode("latin-1").split(":", 1) for line in head.split(b"\r\n")[1:]]
+            headers = {k.strip().lower(): v.strip() for k, v in (p for p in lines if len(p) == 2)}
+            body = await peer.reader.readexactly(int(headers["content-length"]))
+            sent.append((headers, body))
+            if len(sent) == 2:  # the second call, on the pooled connection of the first
+                drop(peer, "fin")
+                return
+            peer.writer.write(answer(b"{}"))
+            await peer.writer.drain()
 
     verifier = Verifier([AGENT_SECRET])
     async with AgentHttpClient(signer=Signer(AGENT_SECRET)) as client, raw_server(handler) as srv:
+        first, _ = await client.request("POST", f"{srv.url}/run", b'{"a":0}', timeout_s=5.0)
         status, _ = await client.request("POST", f"{srv.url}/run", b'{"a":1}', timeout_s=5.0)
-    assert status == 200
-    assert len(sent) == 2
-    assert sent[0][0]["x-conclave-nonce"] != sent[1][0]["x-conclave-nonce"]
+    assert (first, status) == (200, 200)
+    assert len(sent) == 3
+    assert sent[1][1] == sent[2][1] == b'{"a":1}'
+    assert sent[1][0]["x-conclave-nonce"] != sent[2][0]["x-conclave-nonce"]
     for headers, body in sent:
         verdict = verifier.verify("POST", "/run", body, timestamp=headers["x-conclave-timestamp"],
                                   nonce=headers["x-conclave-nonce"],
