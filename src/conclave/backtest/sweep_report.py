@@ -33,7 +33,7 @@ from conclave.backtest.sweep import (
     spread,
 )
 from conclave.backtest.sweep_space import value_of
-from conclave.backtest.table import dd, num, pct, validation_table
+from conclave.backtest.table import dd, num, pct, print_period, validation_table
 from conclave.timeframes import iso_ms
 
 #: The figures of each row in the table written (`results_table`), `Performance` names.
@@ -256,15 +256,7 @@ def print_sweep(out: Console, summary: Mapping[str, Any], *, top: int = 10) -> N
     sweep = summary["sweep"]
     t = summary["timings"]
     n = sweep["configurations"]
-    label = " (SIMULATED)" if summary.get("simulated") else ""
-    out.print(
-        Text.assemble(
-            (f"{summary['symbol']} {summary['timeframe']}", "bold"),
-            f" from {summary['from']} to {summary['to']}: {summary['bars']:,} bars,"
-            f" source {summary['source']}{label}",
-        ),
-        soft_wrap=True,
-    )
+    print_period(out, summary)
     took = t.get("configurations_s", 0.0)
     rate = f" ({n / took:,.0f} a second)" if took > 0 else ""
     out.print(

@@ -90,9 +90,8 @@ def validation_table(validation: Mapping[str, Any]) -> Table:
     return table
 
 
-def print_summary(out: Console, summary: Mapping[str, Any]) -> None:
-    """The performance next to buy-and-hold, the agents' skill, validation, and the gaps."""
-    perf = summary["performance"]
+def print_period(out: Console, summary: Mapping[str, Any]) -> None:
+    """The line that names what was tested: market, period, bar count and source."""
     label = " (SIMULATED)" if summary.get("simulated") else ""
     out.print(
         Text.assemble(
@@ -102,6 +101,12 @@ def print_summary(out: Console, summary: Mapping[str, Any]) -> None:
         ),
         soft_wrap=True,
     )
+
+
+def print_summary(out: Console, summary: Mapping[str, Any]) -> None:
+    """The performance next to buy-and-hold, the agents' skill, validation, and the gaps."""
+    perf = summary["performance"]
+    print_period(out, summary)
     out.print(_performance(perf))
     out.print(_skill(summary["skill"]))
     validation = summary.get("validation")
