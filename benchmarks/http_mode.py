@@ -291,6 +291,8 @@ def request_bytes() -> int:
 
 
 def main() -> None:
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every process started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--compare-with", type=Path, metavar="SRC",
                         help="the src directory of the tree to compare with")  # fmt: skip

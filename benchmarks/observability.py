@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -199,6 +200,8 @@ def run_one(mode: str, config: str, args: argparse.Namespace, sink_port: int) ->
 
 
 def main() -> None:
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every process started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=200)

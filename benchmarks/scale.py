@@ -203,6 +203,8 @@ def measure(replicas: int, seconds: float, inflight: int) -> dict[str, Any]:
 
 
 def main() -> None:
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every process started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--seconds", type=float, default=20.0)

@@ -23,6 +23,7 @@ import asyncio
 import hashlib
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -208,6 +209,8 @@ async def _alternate(sets: Any, services: Any, runs: int, warmup: int, hm: Any, 
 
 
 def main() -> None:
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every process started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)

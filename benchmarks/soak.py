@@ -181,6 +181,8 @@ def slope_mb_per_h(t: list[float], mb: list[float]) -> float:
 
 
 def main() -> None:
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every process started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--warmup-minutes", type=float, help="default: a sixth, at most 30")
