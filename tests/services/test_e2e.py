@@ -164,19 +164,39 @@ def test_microservices_end_to_end_degrades_when_an_agent_dies(tmp_path: Path) ->
         assert left == []
         assert not alive(orchestrator_pid)
     finally:
-        _kill_leftovers(pids, orchestrator_pid)
+        _kill_leftovers(tmp_path, pids, orchestrator_pid)
 
 
-def _kill_leftovers(pids: dict[str, int], orchestrator_pid: int | None) -> None:
-    """Whatever happened above, no process this test started outlives it."""
+def _kill_leftovers(tmp_path: Path, pids: dict[str, int], parent_pid: int | None) -> None:
+    """Whatever happened above, no process this test started outlives it: the agents it
+    knows, the ones recorded on disk since (a start that timed out), and every child of the
+    orchestrator or ``up`` (a SIGKILL of the parent would leave them running), and any
+    ``python -m conclave`` whose working directory is this test's own."""
+    known = set(pids.values())
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        known |= set(recorded_pids(tmp_path).values())
+    for proc in psutil.process_iter(["cmdline", "cwd"]):  # started here, not yet recorded
+        if proc.info["cwd"] == str(tmp_path) and _is_conclave(proc.info["cmdline"]):
+            known.add(proc.pid)
     mine: list[Any] = []
-    for pid in [*pids.values(), *([orchestrator_pid] if orchestrator_pid else [])]:
+    if parent_pid is not None:
         with contextlib.suppress(psutil.Error):
-            p = psutil.Process(pid)
-            if p.cmdline()[1:3] == ["-m", "conclave"]:  # the PID is still ours
+            parent = psutil.Process(parent_pid)
+            mine = [*parent.children(recursive=True), parent]
+    for pid in known:
+        with contextlib.suppress(psutil.Error):
+            mine.append(psutil.Process(pid))
+    for p in mine:
+        with contextlib.suppress(psutil.Error):
+            if _is_conclave(p.cmdline()):  # the PID is still ours
                 p.kill()
-                mine.append(p)
     psutil.wait_procs(mine, timeout=5)
+
+
+def _is_conclave(cmdline: list[str] | None) -> bool:
+    """``python -m conclave ...`` or ``python -m conclave.services.agent_main ...``."""
+    head = (cmdline or [])[1:3]
+    return len(head) == 2 and head[0] == "-m" and head[1].split(".")[0] == "conclave"
 
 
 @pytest.mark.timeout(60)
@@ -230,4 +250,4 @@ def test_up_starts_everything_and_ctrl_c_stops_exactly_that(tmp_path: Path) -> N
         assert [name for name, pid in pids.items() if alive(pid)] == []
         assert recorded_pids(tmp_path) == {}
     finally:
-        _kill_leftovers(pids, up_pid)
+        _kill_leftovers(tmp_path, pids, up_pid)
