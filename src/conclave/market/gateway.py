@@ -34,16 +34,18 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from conclave.errors import ConclaveError, InvalidRequestError
-from conclave.market.cache import CachedSource, CandleCache
 from conclave.market.candles import Candles
 from conclave.market.exchange_time import exchange_clock_of
 from conclave.market.resample import resample
 from conclave.market.sources.base import MAX_LIMIT, CandleSource, check_limit, check_symbol
 from conclave.market.validation import ValidationReport, find_gaps, validate
 from conclave.timeframes import DAY_MS, Timeframe
+
+if TYPE_CHECKING:  # the cache (and its metrics, prometheus_client) loads only when one is used
+    from conclave.market.cache import CandleCache
 
 ResamplePolicy = Literal["auto", "fetch", "resample"]
 
@@ -194,9 +196,11 @@ class MarketGateway:
             clock = self.exchange_clock.local_ms  # the clock its skew is measured against
         self.fetches = FetchLog(clock)
         recorded = RecordingSource(source, self.fetches)
-        self.source: CandleSource = (
-            recorded if cache is None else CachedSource(recorded, cache, ttl_s=cache_ttl_s)
-        )
+        self.source: CandleSource = recorded
+        if cache is not None:
+            from conclave.market.cache import CachedSource
+
+            self.source = CachedSource(recorded, cache, ttl_s=cache_ttl_s)
         self._policy = resample
         self._max_resample_bars = max_resample_bars
 

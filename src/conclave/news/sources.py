@@ -18,8 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx2
-
 from conclave.errors import ConfigurationError, InvalidRequestError, NewsUnavailableError
 from conclave.news.headline import Headline
 
@@ -131,6 +129,8 @@ class RssNewsSource:
 
     def _fetch(self) -> bytes:
         if self.url.startswith(("http://", "https://")):
+            import httpx2  # only a feed over HTTP needs it: not imported by every run
+
             try:
                 response = httpx2.get(self.url, timeout=self.timeout_s, follow_redirects=True)
                 response.raise_for_status()
