@@ -13,7 +13,8 @@ time of the process (user + sys): on a loaded machine wall time grows, CPU time 
 
 ``--baseline REV`` measures the tree of git revision REV too (``git archive`` into a temporary
 directory, the same script run with ``PYTHONPATH`` there; the repository is left as it is),
-alternating with this checkout run by run, so both columns come from one sitting.
+alternating with this checkout run by run, so both columns come from one sitting; the
+table then adds the ratios of this checkout's median wall and CPU times to the baseline's.
 ``--imports`` also prints, per command and tree, the packages that take longest to import
 (``python -X importtime``, one run, self time summed per top-level package).
 
@@ -156,18 +157,28 @@ def report(
     times: dict[tuple[str, str], list[tuple[float, float]]],
     runs: int,
 ) -> None:
+    """The table; with a baseline, the ratios of this tree's medians to the baseline's."""
     table = Table(title=f"conclave commands, wall time in s ({runs} runs each after a warm-up)")
-    for col in ("command", "tree", "median", "min", "max", "CPU median", "target"):
+    cols = ["command", "tree", "median", "min", "max", "CPU median", "target"]
+    if len(labels) > 1:
+        cols.insert(-1, "now / base (wall, CPU)")
+    for col in cols:
         table.add_column(col, justify="left" if col in ("command", "tree") else "right")
     for case in cases:
+        medians = {}
         for label in labels:
             walls = [w for w, _ in times[(case.name, label)]]
             cpus = [c for _, c in times[(case.name, label)]]
             med = statistics.median(walls)
+            medians[label] = (med, statistics.median(cpus))
             verdict = f"< {case.target_s}: {'ok' if med < case.target_s else 'MISS'}"
             figures = (med, min(walls), max(walls), statistics.median(cpus))
-            table.add_row(case.name, label, *(f"{v:.3f}" for v in figures),
-                          verdict if label == "now" else "")  # fmt: skip
+            row = [case.name, label, *(f"{v:.3f}" for v in figures)]
+            if len(labels) > 1:
+                base = medians[labels[0]]
+                ratio = f"{med / base[0]:.2f}, {medians[label][1] / base[1]:.2f}"
+                row.append(ratio if label == "now" else "")
+            table.add_row(*row, verdict if label == "now" else "")
     console.print(table)
 
 

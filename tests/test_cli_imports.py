@@ -12,7 +12,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
+
+import pytest
 
 #: Run in a fresh interpreter: the command line as ``conclave ARGS`` runs it, then the names
 #: of every module it loaded and its exit code, as JSON, into the file named first.
@@ -88,3 +91,80 @@ def test_data_show_on_sim_loads_no_agent_store_or_server(tmp_path: Path) -> None
     modules = loaded([*args, "--json"], tmp_path)
     assert "conclave.market.sources.sim" in modules  # it did read the simulator
     assert (found := heavy(modules, NOT_FOR_DATA)) == [], f"data show loads {found}"
+
+
+def test_run_on_a_csv_file_loads_neither_pandas_nor_polars(
+    tmp_path: Path, candles_dir: Path
+) -> None:
+    """``run`` on the file source runs the nine agents (TA-Lib) on a CSV file without
+    loading pandas or polars (TA-Lib's optional support, about 0.3 s), the parts of Arrow
+    a CSV of numbers does not need, httpx2 (news feeds over HTTP) or prometheus_client (the
+    candle cache's metrics: no cache here)."""
+    args = ["run", "--symbol", "BTCUSDT", "--timeframe", "1h", "--source", f"file:{candles_dir}"]
+    modules = loaded([*args, "--as-of", "2022-10-11T11:00", "--json"], tmp_path)
+    assert {"talib", "conclave.agents", "pyarrow.csv"} <= modules  # it did parse and analyse
+    banned = ("pandas", "polars", "pyarrow.compute", "pyarrow.parquet", "httpx2",
+              "prometheus_client")  # fmt: skip
+    assert (found := heavy(modules, banned)) == [], f"run loads {found}"
+
+
+#: In a fresh interpreter: TA-Lib as the agents load it, then pandas, then the JSON answer.
+TALIB_THEN_PANDAS = """
+import json, sys
+import numpy as np
+from conclave.agents.indicators.talib_numpy import talib
+before = "pandas" in sys.modules
+finders = [type(f).__name__ for f in sys.meta_path]
+import pandas
+out = talib.SMA(np.arange(8, dtype=np.float64), timeperiod=5)
+print(json.dumps({"before": before, "finders": finders, "pandas": pandas.__name__,
+                  "sma": out.tolist()[4:6], "type": type(out).__name__}))
+"""
+
+#: In a fresh interpreter: pandas first, then TA-Lib as the agents load it.
+PANDAS_THEN_TALIB = """
+import json
+import pandas as pd
+from conclave.agents.indicators.talib_numpy import talib
+out = talib.SMA(pd.Series([1.0, 2.0, 3.0, 4.0]), timeperiod=2)
+print(json.dumps({"type": type(out).__name__, "sma": out.tolist()[1:]}))
+"""
+
+
+def fresh(code: str) -> dict[str, object]:
+    """The JSON line ``code`` prints, run in a fresh interpreter."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
+def test_talib_loads_without_pandas_and_pandas_still_imports_after() -> None:
+    """The agents' TA-Lib does not load pandas, leaves no import hook behind, and pandas
+    imports normally afterwards; TA-Lib then takes and returns numpy arrays as before."""
+    out = fresh(TALIB_THEN_PANDAS)
+    assert out["before"] is False
+    assert "_SkipInThisThread" not in out["finders"]  # type: ignore[operator]
+    assert out["pandas"] == "pandas"
+    assert (out["type"], out["sma"]) == ("ndarray", [2.0, 3.0])
+
+
+def test_talib_loaded_after_pandas_keeps_its_pandas_support() -> None:
+    """When pandas is already loaded, TA-Lib loads as it always did: series in, series out."""
+    assert fresh(PANDAS_THEN_TALIB) == {"type": "Series", "sma": [1.5, 2.5, 3.5]}
+
+
+def test_the_skip_applies_to_the_loading_thread_only() -> None:
+    """Another thread importing pandas while TA-Lib loads is not refused."""
+    from conclave.agents.indicators.talib_numpy import _SkipInThisThread
+
+    finder = _SkipInThisThread(("pandas",))
+    with pytest.raises(ModuleNotFoundError) as caught:
+        finder.find_spec("pandas")
+    assert caught.value.name == "pandas"  # what TA-Lib reads as "not installed"
+    assert finder.find_spec("numpy") is None
+    seen: list[object] = []
+    worker = threading.Thread(target=lambda: seen.append(finder.find_spec("pandas")))
+    worker.start()
+    worker.join()
+    assert seen == [None]

@@ -21,14 +21,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
-import talib
 from pydantic import Field
-from talib import abstract
 
 from conclave.agents import chart_last as cl
 from conclave.agents import chart_patterns as cp
 from conclave.agents import indicators as ind
 from conclave.agents.base import Agent
+from conclave.agents.indicators.talib_numpy import abstract, talib
 from conclave.agents.inputs import F64, AgentInput, Needs
 from conclave.agents.outputs import SeriesOutput
 from conclave.agents.params import AgentParams

@@ -36,7 +36,6 @@ from typing import Any, Protocol
 import structlog
 
 from conclave.errors import ConclaveError
-from conclave.observability.metrics import EXCHANGE_CLOCK_SKEW
 from conclave.timeframes import iso_ms
 
 __all__ = [
@@ -241,6 +240,9 @@ class ExchangeClock:
         warn_ms: float = 1000.0,
         source: str = "binance",
     ) -> None:
+        # the metric (prometheus_client) loads with the first live source, not with the market
+        from conclave.observability.metrics import EXCHANGE_CLOCK_SKEW
+
         self.local_ms = local_ms
         self._skew = EXCHANGE_CLOCK_SKEW.labels(source)
         self.refresh_s = refresh_s

@@ -24,8 +24,8 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-import talib
 
+from conclave.agents.indicators.talib_numpy import talib
 from conclave.agents.indicators.windows import F64, _add, _f64, _pad, _reduce, _reduce_rows
 
 #: MacKinnon (2010), "Critical Values for Cointegration Tests", Queen's Economics Department

@@ -4,8 +4,8 @@ where the input starts); references for tests and candlestick functions by name.
 from __future__ import annotations
 
 import numpy as np
-import talib
 
+from conclave.agents.indicators.talib_numpy import talib
 from conclave.agents.indicators.windows import F64, I64, _f64
 
 

@@ -26,9 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pcsv
-import pyarrow.parquet as pq
 
 from conclave.errors import ConfigurationError, InvalidCandlesError
 from conclave.market.candles import Candles
@@ -56,6 +54,8 @@ _QUOTES = {"usd", "usdt", "usdc", "busd", "eur", "gbp", "quote", "from", "to", "
 #: Binance kline dump / REST order: the 12 columns of ``/api/v3/klines``.
 _KLINE_COLUMNS = (*OUR_COLUMNS, "close_time", "quote_volume", "trades", "taker_buy_volume",
                   "taker_buy_quote", "ignore")  # fmt: skip
+#: Arrow types whose buffer numpy reads as it is.
+_NUMPY_TYPES: dict[pa.DataType, type[np.generic]] = {pa.float64(): np.float64, pa.int64(): np.int64}
 _TIME_FORMATS = ("%Y-%m-%d %I-%p", "%Y%m%d %H:%M", "%Y%m%d", "%Y-%m-%d %I:%M:%S %p",
                  "%m/%d/%Y %H:%M", "%m/%d/%Y", "%d.%m.%Y %H:%M", "%d.%m.%Y")  # fmt: skip
 
@@ -127,6 +127,35 @@ def _locate_csv_error(path: Path, text: str, skip: int, delim: str, width: int) 
     return "unparseable content"
 
 
+def _numpy(col: pa.ChunkedArray | pa.Array, dtype: type[np.generic]) -> npt.NDArray[Any]:
+    """A column without nulls as a numpy array of ``dtype``, as ``np.asarray(col.to_numpy())``.
+
+    Float64 and int64 columns are read from the Arrow buffers: ``to_numpy`` goes through
+    Arrow's pandas conversion, which imports pandas (about 0.3 s) on first use.
+    """
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    parts: list[npt.NDArray[Any]] = []
+    for chunk in chunks:
+        np_type = _NUMPY_TYPES.get(chunk.type)
+        if np_type is None:  # another type: Arrow's own conversion
+            parts.append(np.asarray(chunk.to_numpy(zero_copy_only=False), dtype=dtype))
+        elif len(chunk):
+            width = np.dtype(np_type).itemsize
+            parts.append(np.frombuffer(chunk.buffers()[1], dtype=np_type, count=len(chunk),
+                                       offset=chunk.offset * width))  # fmt: skip
+    return np.asarray(np.concatenate(parts) if parts else np.empty(0, dtype), dtype=dtype)
+
+
+def _arrow(values: npt.NDArray[Any]) -> pa.Array:
+    """A numpy column as an Arrow array, as ``pa.array(values)``; float64 and int64 ones over
+    the numpy buffer (``pa.array`` imports pandas on first use, about 0.3 s)."""
+    arr = np.ascontiguousarray(values)
+    typ = {np.dtype(np.float64): pa.float64(), np.dtype(np.int64): pa.int64()}.get(arr.dtype)
+    if typ is None:
+        return pa.array(arr)
+    return pa.Array.from_buffers(typ, len(arr), [None, pa.py_buffer(arr)])
+
+
 def _epoch_ms(values: npt.NDArray[Any]) -> I64:
     """Epoch numbers in s, ms, us or ns (told apart by magnitude) to integer ms."""
     v = np.asarray(values, dtype=np.float64)
@@ -139,10 +168,12 @@ def _time_ms(path: Path, col: pa.ChunkedArray) -> I64:
     """Convert a time column of any supported type to epoch ms (naive times are UTC)."""
     typ = col.type
     if pa.types.is_integer(typ) or pa.types.is_floating(typ):
-        return _epoch_ms(col.to_numpy())
+        return _epoch_ms(_numpy(col, np.float64))
+    import pyarrow.compute as pc  # here: about 0.1 s to import, for times as text or dates
+
     if pa.types.is_date(typ) or pa.types.is_timestamp(typ):
         ts = pc.cast(col, pa.timestamp("ms", tz=getattr(typ, "tz", None)))
-        return np.asarray(pc.cast(ts, pa.int64()).to_numpy(), dtype=np.int64)
+        return np.asarray(_numpy(pc.cast(ts, pa.int64()), np.int64))
     if pa.types.is_string(typ) or pa.types.is_large_string(typ):
         text = pc.utf8_trim_whitespace(col)
         attempts: list[Any] = [
@@ -155,7 +186,7 @@ def _time_ms(path: Path, col: pa.ChunkedArray) -> I64:
                 ts = attempt()
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 continue
-            return np.asarray(pc.cast(ts, pa.int64()).to_numpy(), dtype=np.int64)
+            return np.asarray(_numpy(pc.cast(ts, pa.int64()), np.int64))
         raise _bad(path, f"time column: cannot parse values such as {str(col[0])[:40]!r}")
     raise _bad(path, f"time column has unsupported type {typ}")
 
@@ -215,10 +246,15 @@ def _read_json(path: Path, data: bytes, symbol: str | None) -> _Columns:
 
 
 def _read_parquet(path: Path, symbol: str | None) -> _Columns:
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise _bad(path, f"not a readable Parquet file: {exc}") from exc
+    import pyarrow.parquet as pq  # here: only Parquet files need it
+
+    try:  # one file, without `read_table`'s dataset layer (which imports pandas, ~0.3 s)
+        table = pq.ParquetFile(path).read()
+    except (pa.ArrowInvalid, OSError):
+        try:  # a directory of parts, or the error message `read_table` gives
+            table = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise _bad(path, f"not a readable Parquet file: {exc}") from exc
     mapping = map_columns(table.column_names, symbol)
     cols = {f: table.column(i) for f, i in mapping.items()}
     return _build(path, cols, lambda row: f"row {row}")
@@ -237,7 +273,7 @@ def _build(path: Path, cols: dict[str, Any], where: Any) -> _Columns:
         if col.null_count:
             row = int(np.flatnonzero(np.asarray(col.is_null().to_numpy(zero_copy_only=False)))[0])
             raise _bad(path, f"{where(row)}, column {field}: empty or not a number")
-        values = np.asarray(col.to_numpy(), dtype=np.int64 if field == "trades" else np.float64)
+        values = _numpy(col, np.int64 if field == "trades" else np.float64)
         if field != "trades" and not np.all(np.isfinite(values)):
             row = int(np.flatnonzero(~np.isfinite(values))[0])
             raise _bad(path, f"{where(row)}, column {field}: not a finite number")
@@ -321,12 +357,14 @@ def write_candles(path: Path | str, candles: Candles) -> None:
         raise ConfigurationError(f"cannot write candles to {p}: use a .csv or .parquet name")
     cols = {"open_time_ms" if k == "open_time" else k: v for k, v in candles.columns().items()}
     meta = {"symbol": candles.symbol, "timeframe": candles.timeframe.name}
-    table = pa.table({k: pa.array(v) for k, v in cols.items()}, metadata=meta)
+    table = pa.table({k: _arrow(v) for k, v in cols.items()}, metadata=meta)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             if suffix == ".parquet":
+                import pyarrow.parquet as pq
+
                 pq.write_table(table, fh)
             else:
                 fh.write((",".join(cols) + "\n").encode())
