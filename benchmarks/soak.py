@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import csv
 import json
@@ -36,12 +37,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import psutil
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from api import database, wait_live
@@ -65,6 +70,7 @@ class Samples:
     rss: dict[str, list[float]] = field(default_factory=dict)
     fds: dict[str, list[int]] = field(default_factory=dict)
     conns: list[int] = field(default_factory=list)
+    load: list[float] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -126,9 +132,13 @@ def db_connections(db_url: str | None, server: psutil.Process, data_dir: Path) -
 
 
 async def drive(
-    api: int, seconds: float, rate: float, sample: Callable[[float], None]
+    api: int, seconds: float, rate: float, sample: Callable[[float], None], burst: int = 0
 ) -> tuple[list[float], int]:
-    """Runs at ``rate`` a second for ``seconds``; ``sample()`` is called every tick."""
+    """Runs at ``rate`` a second for ``seconds``; ``sample()`` is called every tick.
+
+    ``burst`` runs are sent at once first (in the warm-up): the connection pools and the
+    allocator's high-water mark reach what a load spike would take them to, so that a later
+    spike (another process busy on the machine) does not read as growth."""
     import aiohttp
 
     base = f"http://127.0.0.1:{api}"
@@ -160,6 +170,11 @@ async def drive(
                 return
             latencies.append((time.perf_counter() - t0) * 1000.0)
 
+        if burst:
+            statuses = await asyncio.gather(*(_post(session, base, i, account)
+                                              for i in range(burst)))  # fmt: skip
+            console.print(f"burst: {burst} runs at once: "
+                          f"{dict(collections.Counter(statuses))} (status: count)")  # fmt: skip
         start = time.monotonic()
         i = 0
         while (now := time.monotonic() - start) < seconds:
@@ -172,6 +187,14 @@ async def drive(
             i += 1
         await asyncio.gather(*in_flight)
     return latencies, failures
+
+
+async def _post(session: aiohttp.ClientSession, base: str, i: int, account: str) -> int:
+    symbol, tf = MARKETS[i % len(MARKETS)]
+    run = {"symbol": symbol, "timeframe": tf, "accountId": account}
+    async with session.post(f"{base}/pipeline/run", json=run) as resp:
+        await resp.read()
+        return int(resp.status)
 
 
 def slope_mb_per_h(t: list[float], mb: list[float]) -> float:
@@ -192,6 +215,8 @@ def main() -> None:
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--pg", default="postgresql+asyncpg://postgres@127.0.0.1:5432")
     parser.add_argument("--csv", type=Path, help="write every sample here")
+    parser.add_argument("--burst", type=int, default=48,
+                        help="runs sent at once at the start of the warm-up (0: none)")  # fmt: skip
     args = parser.parse_args()
     warmup = args.warmup_minutes if args.warmup_minutes is not None else min(30, args.minutes / 6)
     seconds = args.minutes * 60.0
@@ -217,11 +242,14 @@ def main() -> None:
                         samples.rss.setdefault(name, []).append(p.memory_info().rss / 2**20)
                         samples.fds.setdefault(name, []).append(p.num_fds())
                 samples.conns.append(db_connections(url, procs["orchestrator"], data_dir))
+                samples.load.append(os.getloadavg()[0])
                 progress.update(task, description=f"{len(samples.t)} samples, orchestrator "
                                 f"{samples.rss['orchestrator'][-1]:.0f} MB")  # fmt: skip
 
             with progress:
-                latencies, failures = asyncio.run(drive(api, seconds, args.rate, sample))
+                latencies, failures = asyncio.run(
+                    drive(api, seconds, args.rate, sample, args.burst)
+                )
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
     report(args, warmup, samples, latencies, failures)
@@ -265,6 +293,9 @@ def report(args: argparse.Namespace, warmup: float, s: Samples, latencies: list[
                 w.writerow([f"{t:.1f}", *(f"{s.rss[n][i]:.2f}" for n in names),
                             *(s.fds[n][i] for n in names), s.conns[i]])  # fmt: skip
         console.print(f"samples written to {args.csv}")
+    if s.load:
+        console.print(f"load average (1 min) over the samples: {min(s.load):.1f} to "
+                      f"{max(s.load):.1f}, median {float(np.median(s.load)):.1f}")  # fmt: skip
     console.print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}; "
                   f"command: {' '.join(sys.argv)}")  # fmt: skip
 
