@@ -111,7 +111,7 @@ async def test_g1_twenty_overlapping_requests_with_one_key_run_exactly_once(
     ``idempotency_key_in_progress``, one run recorded, candles fetched for one run only."""
     store = await target.open()
     held = BarrierStore(store, N_SAME_KEY)
-    settings = make_settings(tmp_path)
+    settings = make_settings(tmp_path, api={"max_runs_running": N_SAME_KEY})
     source = HeldSource(open_source("sim", settings, now_ms=_now_ms))
     app = create_app(settings, source=source, store=held)
     try:
@@ -152,7 +152,9 @@ async def test_d5_fifty_concurrent_posts_on_sqlite_all_recorded(tmp_path: Path) 
     flight at once and all saving together (a barrier before the save): 50 answers 201,
     50 distinct runs recorded, no error body at all."""
     # admission (F2) would shed the runs past 32 in flight: this row is about SQLite
-    settings = make_settings(tmp_path, api={"max_runs_in_flight": 2 * N_POSTS})
+    settings = make_settings(
+        tmp_path, api={"max_runs_in_flight": 2 * N_POSTS, "max_runs_running": N_POSTS}
+    )
     store = await RunStore.open(None, data_dir=tmp_path)
     held = SaveBarrierStore(store, N_POSTS)
     source = CountingSource(open_source("sim", settings, now_ms=_now_ms))

@@ -2,9 +2,10 @@
 
 ``benchmarks/load.py`` (locust as a library, in its own process: locust patches the
 standard library with gevent) drives a real orchestrator for a few seconds with 8 users,
-then 16 with an admission limit of 11. Held here: under load nothing answers 5xx, and
-overload is shed with 503 ``overloaded`` only. The figures (p99 against 500 ms, shedding
-within 50 ms, recovery) are the benchmark's to print, on a quiet machine.
+then 16 with an admission limit of 11 (8 running at once, the default, and 3 queued). Held
+here: under load nothing answers 5xx, and overload is shed with 503 ``overloaded`` only. The
+figures (p99 against 500 ms, shedding within 50 ms, recovery) are the benchmark's to print, on
+a quiet machine.
 """
 
 from __future__ import annotations

@@ -92,7 +92,22 @@ RUNS_DEGRADED = Counter(
 )
 RUNS_SHED = Counter(
     "conclave_runs_shed_total",
-    "Run requests refused with 503 because api.max_runs_in_flight runs were in progress.",
+    "Run requests refused with 503 overloaded: api.max_runs_in_flight runs were in progress or"
+    " waiting, or the run waited api.max_queue_wait_s in the admission queue.",
+)
+RUNS_RUNNING = Gauge("conclave_runs_running", "Runs executing now (at most api.max_runs_running).")
+RUNS_QUEUED = Gauge(
+    "conclave_runs_queued", "Runs waiting in the admission queue for a free run slot."
+)
+RUN_QUEUE_WAIT = Histogram(
+    "conclave_run_queue_wait_seconds",
+    "Seconds an admitted run waited in the admission queue before it started (0: at once).",
+    buckets=LATENCY_BUCKETS,
+)
+RUN_QUEUE_TIMEOUTS = Counter(
+    "conclave_runs_queue_timeouts_total",
+    "Runs refused with 503 because no run slot came, or was expected to come, within"
+    " api.max_queue_wait_s (also in conclave_runs_shed_total).",
 )
 RUN_DURATION = Histogram(
     "conclave_run_duration_seconds",

@@ -46,7 +46,7 @@ from conclave.observability.tracing import fastapi_options
 from conclave.pipeline.wire import ACCOUNT_ID_PATTERN
 from conclave.services import account_runs
 from conclave.services.accounts_api import router as accounts_router
-from conclave.services.admission import AdmissionMiddleware
+from conclave.services.admission import install_admission
 from conclave.services.backtest_api import backtest_router
 from conclave.services.edge_auth import agent_urls, install_edge
 from conclave.services.equity_api import router as equity_router
@@ -179,7 +179,7 @@ def create_app(
         **fastapi_options(),  # FastAPI's own telemetry off: TraceMiddleware traces
     )
     # admission (F2) inside the key check and per-key limit: only admitted callers take slots
-    app.add_middleware(AdmissionMiddleware, limit=settings.api.max_runs_in_flight)
+    install_admission(app, settings)
     # API keys, rate limits, CORS (issue 12): inside the common layers, so they count 401s
     edge = install_edge(app, settings, agent_urls=agent_urls(settings, registry), now_ms=clock)
     install_http_common(
@@ -220,8 +220,9 @@ def create_app(
                 *BODY_ERRORS,
                 *KEY_ERRORS,
                 503,
-                e503="the run store is unavailable, or api.max_runs_in_flight runs are in"
-                " progress (`overloaded`); both with Retry-After",
+                e503="the run store is unavailable, or the run was shed (`overloaded`):"
+                " api.max_runs_in_flight runs were running or queued, or it waited"
+                " api.max_queue_wait_s for a run slot; both with Retry-After",
             ),
         },
         openapi_extra=request_body(schema),

@@ -40,6 +40,7 @@ from conclave.pipeline import AgentRunner, Pipeline, PipelineRun
 from conclave.pipeline.breaker import CircuitBreaker
 from conclave.pipeline.runners import RUN_DEADLINE_MS
 from conclave.services import health
+from conclave.services.admission import QUEUE_WAIT_S
 from conclave.services.health import HEALTH_TIMEOUT_S
 from conclave.services.run_metrics import breaker_collectors, record_run
 from conclave.settings import Settings, check_agent_settings
@@ -316,7 +317,8 @@ class Runtime:
         Symbol and timeframe must have been checked already (the API's request model does
         it before any I/O); data problems end in a ``no_signal`` decision, not an exception.
         """
-        budget_s = self.settings.pipeline.run_deadline_s
+        # the deadline counts from the request's arrival: the admission queue's wait is spent
+        budget_s = self.settings.pipeline.run_deadline_s - QUEUE_WAIT_S.get()
         token = RUN_DEADLINE_MS.set(time.time_ns() // 1_000_000 + round(budget_s * 1000))
         try:
             async with asyncio.timeout(budget_s):

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from conclave.timeframes import checked_timeframe
 
@@ -153,8 +153,28 @@ class ApiSettings(_Section):
     max_body_bytes: int = Field(65_536, gt=0)
     #: seconds a request's body may take to arrive; then 408 and the connection closes
     body_timeout_s: float = Field(10.0, gt=0, le=300)
-    #: runs served at once by one process; one more is refused 503 at once (RELIABILITY F2)
+    #: runs admitted by one process, executing and waiting; one more is refused 503 at once,
+    #: before its body is read (RELIABILITY F2)
     max_runs_in_flight: int = Field(64, ge=1, le=10_000)
+    #: of those, runs executing at once; the others wait in arrival order. All runs share one
+    #: event loop: beyond a few, more at once only lengthens each (benchmarks/api.py). Capped
+    #: at ``max_runs_in_flight`` when left at its default
+    max_runs_running: int = Field(8, ge=1, le=10_000)
+    #: seconds a run may wait for a slot; then 503 ``overloaded`` and no work done. Below
+    #: ``pipeline.run_deadline_s`` (the wait counts toward the run's deadline); left at its
+    #: default, also at most half of it
+    max_queue_wait_s: float = Field(5.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _running_within_in_flight(self) -> ApiSettings:
+        if "max_runs_running" in self.model_fields_set and (
+            self.max_runs_running > self.max_runs_in_flight
+        ):
+            raise ValueError(
+                f"max_runs_running ({self.max_runs_running}) must not exceed "
+                f"max_runs_in_flight ({self.max_runs_in_flight}): runs executing are in flight"
+            )
+        return self
 
 
 class PipelineSettings(_Section):
