@@ -50,7 +50,7 @@ def failing_statement(store: RunStore, position: int | None) -> Iterator[list[st
         if position is not None and len(sent) == position:
             raise InjectedWriteError(f"injected failure of statement {position}: {statement[:40]}")
 
-    engine = store.engine.sync_engine
+    engine = store.write_engine
     event.listen(engine, "before_cursor_execute", before)
     try:
         yield sent

@@ -7,8 +7,7 @@ from typing import Any
 import pytest
 
 from conclave.errors import StoreRejectedError
-from conclave.store import RunStore
-from conclave.store import repository as repository_module
+from conclave.store import RunStore, run_writes
 from tests.store.conftest import fresh, rows_of
 
 NONE = {"runs": 0, "run_steps": 0, "decisions": 0, "idempotency_keys": 0}
@@ -43,12 +42,12 @@ async def test_a_crash_after_every_insert_rolls_everything_back(
     """An error raised after run, steps and decision are written (while completing the
     idempotency key) leaves no row, and the key stays claimed, not completed."""
 
-    async def explode(*args: Any, **kwargs: Any) -> None:
+    def explode(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("injected failure after the inserts")
 
     claim = await store.claim_idempotency_key("k-d7", "h1")
     assert claim.kind == "new"
-    monkeypatch.setattr(repository_module, "complete_key", explode)
+    monkeypatch.setattr(run_writes, "complete_key", explode)
     wire = fresh(sim_wire)
     with pytest.raises(RuntimeError, match="injected"):
         await store.save_run(wire, idempotency_key="k-d7", request_hash="h1")

@@ -90,8 +90,8 @@ async def test_postgresql_writers_do_not_queue_in_the_process(tmp_path: Path) ->
     """The turn exists for SQLite only: PostgreSQL locks rows, not the database."""
     sqlite = await RunStore.open(None, data_dir=tmp_path)
     try:
-        assert sqlite._writer is not None
+        assert sqlite._sqlite is not None
     finally:
         await sqlite.aclose()
     pg = RunStore(sqlite.engine, "postgresql")
-    assert pg._writer is None
+    assert pg._sqlite is None

@@ -8,7 +8,9 @@ SQLite connections run in WAL mode with a busy timeout (5 s by default, RELIABIL
 D5). The driver's own transaction handling is switched off so that we emit ``BEGIN``
 ourselves: ``BEGIN IMMEDIATE`` on a connection marked with the `WRITE` execution option
 (the write lock is taken up front, so two writers queue on the busy timeout instead of
-failing on a lock upgrade), a deferred ``BEGIN`` for reads.
+failing on a lock upgrade), a deferred ``BEGIN`` for reads. The run store's own writes
+go through `create_sqlite_writer_engine`, a synchronous engine on the same file with the
+same pragmas whose every transaction is a write, used from one thread.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import DateTime, event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.ext.compiler import compiles
@@ -91,8 +94,8 @@ def create_engine(
             pool_timeout=busy_timeout_s + 25.0,
             json_serializer=_json_dumps,
         )
-        _sqlite_events(engine, busy_timeout_s)
-        _count_errors(engine)
+        _sqlite_events(engine.sync_engine, busy_timeout_s)
+        _count_errors(engine.sync_engine)
         return engine
     # command_timeout: a hung (SIGSTOPped) server fails queries instead of blocking them
     connect_args: dict[str, Any] = {
@@ -110,6 +113,24 @@ def create_engine(
         json_serializer=_json_dumps,
     )
     _drop_closed_on_checkout(engine)
+    _count_errors(engine.sync_engine)
+    return engine
+
+
+def create_sqlite_writer_engine(url: URL, *, busy_timeout_s: float = 5.0) -> Engine:
+    """A synchronous engine (pysqlite) on the SQLite file of ``url`` whose every transaction
+    is a write: ``BEGIN IMMEDIATE``, the same pragmas and error counting as `create_engine`.
+
+    For one thread only (`conclave.store.sqlite_writer`): pysqlite connections refuse to be
+    used from another thread, ``dispose`` included.
+    """
+    engine = create_sync_engine(
+        url.set(drivername="sqlite"),
+        connect_args={"timeout": busy_timeout_s},
+        execution_options={WRITE: True},
+        json_serializer=_json_dumps,
+    )
+    _sqlite_events(engine, busy_timeout_s)
     _count_errors(engine)
     return engine
 
@@ -146,7 +167,7 @@ def error_kind(exc: BaseException, *, disconnect: bool = False) -> str:
     return "other"
 
 
-def _count_errors(engine: AsyncEngine) -> None:
+def _count_errors(engine: Engine) -> None:
     """Count every database error (failed connects and failed statements) in ``DB_ERRORS``.
 
     A connect that fails is counted where it happens (asyncpg raises a plain OSError there,
@@ -154,7 +175,7 @@ def _count_errors(engine: AsyncEngine) -> None:
     checkout is not counted: the pool replaces it (`_drop_closed_on_checkout`).
     """
 
-    @event.listens_for(engine.sync_engine, "do_connect")
+    @event.listens_for(engine, "do_connect")
     def _on_connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
         try:
             return dialect.connect(*cargs, **cparams)
@@ -162,7 +183,7 @@ def _count_errors(engine: AsyncEngine) -> None:
             DB_ERRORS.labels(error_kind(exc, disconnect=True)).inc()
             raise
 
-    @event.listens_for(engine.sync_engine, "handle_error")
+    @event.listens_for(engine, "handle_error")
     def _on_error(context: Any) -> None:
         if context.is_pre_ping or context.connection is None:  # a connect: counted above
             return
@@ -192,10 +213,10 @@ def _enter_wal(cursor: Any, busy_timeout_s: float) -> None:
         pause = min(pause * 2, 0.1)
 
 
-def _sqlite_events(engine: AsyncEngine, busy_timeout_s: float) -> None:
+def _sqlite_events(engine: Engine, busy_timeout_s: float) -> None:
     busy_ms = max(0, int(busy_timeout_s * 1000))
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (see below)
         cursor = dbapi_connection.cursor()
@@ -207,7 +228,7 @@ def _sqlite_events(engine: AsyncEngine, busy_timeout_s: float) -> None:
         finally:
             cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         write = connection.get_execution_options().get(WRITE, False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

@@ -15,6 +15,10 @@ crashed request reaches its final state even if nobody retries it.
 Each claim carries an ``attempt`` number that its owner must present to complete or
 release it, so a late owner (alive past the limit) can neither complete nor release an
 abandoned key: its save is refused and rolled back with its run.
+
+The functions take a synchronous `Connection` inside the caller's write transaction: the
+SQLite store runs them on its writer thread (`conclave.store.sqlite_writer`), the
+PostgreSQL store through ``AsyncConnection.run_sync``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any, Literal
 
 from sqlalchemy import CursorResult, Insert, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from conclave.errors import InvalidRequestError, StoreRejectedError
@@ -67,25 +72,23 @@ def _insert(backend: Backend, values: dict[str, Any]) -> Insert:
     return sqlite.insert(idempotency_keys).values(**values).on_conflict_do_nothing()
 
 
-async def _rowcount(conn: AsyncConnection, statement: Any) -> int:
-    result: CursorResult[Any] = await conn.execute(statement)
+def _rowcount(conn: Connection, statement: Any) -> int:
+    result: CursorResult[Any] = conn.execute(statement)
     return result.rowcount
 
 
-async def claim_key(
-    conn: AsyncConnection, key: str, request_hash: str, *, stale_after_s: float, backend: Backend
+def claim_key(
+    conn: Connection, key: str, request_hash: str, *, stale_after_s: float, backend: Backend
 ) -> tuple[IdempotencyClaim, int]:
     """Claim ``key`` inside the caller's write transaction: the claim and its attempt."""
     fresh = {"idem_key": key, "request_hash": request_hash, "state": PENDING, "attempt": 1,
              "claimed_at": utcnow()}  # fmt: skip
-    if await _rowcount(conn, _insert(backend, fresh)) == 1:
+    if _rowcount(conn, _insert(backend, fresh)) == 1:
         return IdempotencyClaim("new"), 1
-    row = (
-        await conn.execute(
-            select(*_CLAIM_COLUMNS, utcnow().label("now"))
-            .where(_keys.idem_key == key)
-            .with_for_update()
-        )
+    row = conn.execute(
+        select(*_CLAIM_COLUMNS, utcnow().label("now"))
+        .where(_keys.idem_key == key)
+        .with_for_update()
     ).one()
     if row.request_hash != request_hash:
         return IdempotencyClaim("conflict"), row.attempt
@@ -96,39 +99,41 @@ async def claim_key(
     age_s = (as_utc(row.now) - as_utc(row.claimed_at)).total_seconds()
     if age_s < stale_after_s:
         return IdempotencyClaim("in_progress"), row.attempt
-    await _abandon(conn, key, row.attempt)
+    _abandon(conn, key, row.attempt)
     return IdempotencyClaim("abandoned"), row.attempt
 
 
-async def _abandon(conn: AsyncConnection, key: str, attempt: int) -> bool:
+def _abandon(conn: Connection, key: str, attempt: int) -> bool:
     close = (
         idempotency_keys.update()
         .where(_keys.idem_key == key, _keys.state == PENDING, _keys.attempt == attempt)
         .values(state=ABANDONED, reason=ABANDONED_REASON, completed_at=utcnow())
     )
-    return await _rowcount(conn, close) == 1
+    return _rowcount(conn, close) == 1
 
 
 async def abandon_stale_keys(conn: AsyncConnection, *, stale_after_s: float) -> list[str]:
     """Close every pending claim older than ``stale_after_s`` (database clock) as
     ``abandoned`` inside the caller's write transaction; the keys closed."""
-    rows = (
-        await conn.execute(
-            select(_keys.idem_key, _keys.attempt, _keys.claimed_at, utcnow().label("now")).where(
-                _keys.state == PENDING
-            )
-        )  # no row locks: each close below is conditional on the claim being unchanged
-    ).all()
+    return await conn.run_sync(_abandon_stale, stale_after_s)
+
+
+def _abandon_stale(conn: Connection, stale_after_s: float) -> list[str]:
+    rows = conn.execute(
+        select(_keys.idem_key, _keys.attempt, _keys.claimed_at, utcnow().label("now")).where(
+            _keys.state == PENDING
+        )
+    ).all()  # no row locks: each close below is conditional on the claim being unchanged
     closed = []
     for row in rows:
         age_s = (as_utc(row.now) - as_utc(row.claimed_at)).total_seconds()
-        if age_s >= stale_after_s and await _abandon(conn, row.idem_key, row.attempt):
+        if age_s >= stale_after_s and _abandon(conn, row.idem_key, row.attempt):
             closed.append(str(row.idem_key))
     return closed
 
 
-async def complete_key(
-    conn: AsyncConnection,
+def complete_key(
+    conn: Connection,
     key: str,
     run_id: str,
     *,
@@ -153,7 +158,7 @@ async def complete_key(
         .where(*conditions)
         .values(state=COMPLETED, run_id=run_id, completed_at=utcnow())
     )
-    if await _rowcount(conn, done) == 1:
+    if _rowcount(conn, done) == 1:
         return
     if attempt is None:
         row = {
@@ -165,16 +170,16 @@ async def complete_key(
             "claimed_at": utcnow(),
             "completed_at": utcnow(),
         }
-        if await _rowcount(conn, _insert(backend, row)) == 1:
+        if _rowcount(conn, _insert(backend, row)) == 1:
             return
     raise StoreRejectedError(
         "the Idempotency-Key belongs to another request or run; this run was not saved"
     )
 
 
-async def release_key(conn: AsyncConnection, key: str, *, attempt: int | None) -> None:
+def release_key(conn: Connection, key: str, *, attempt: int | None) -> None:
     """Delete ``key``'s pending claim (only ``attempt``'s when known) inside a transaction."""
     conditions = [_keys.idem_key == key, _keys.state == PENDING]
     if attempt is not None:
         conditions.append(_keys.attempt == attempt)
-    await conn.execute(idempotency_keys.delete().where(*conditions))
+    conn.execute(idempotency_keys.delete().where(*conditions))

@@ -4,11 +4,14 @@ Runs are append-only. `RunStore.save_run` writes the run, its steps, its decisio
 given) the completion of its idempotency key in ONE transaction (RELIABILITY.md D7): a
 failure anywhere leaves none of them. On PostgreSQL a run without a key is ONE statement
 (the run and its steps as data-modifying CTEs of the decision's INSERT), atomic on its own
-and one round trip instead of five. On SQLite every write starts with ``BEGIN
-IMMEDIATE`` and waits up to the busy timeout for the lock (D4, D5). Writers of one process
-take turns on an `asyncio.Lock` first (FIFO, bounded by the same busy timeout), so they
-never wait inside SQLite's busy handler, whose sleeps grow to 100 ms a retry: eight runs
-written at once had a p99 near 1 s that way. Other processes still meet the busy timeout.
+and one round trip instead of five. On SQLite every write transaction is one function run
+on the store's writer thread (`SqliteWriter`: one hop from the event loop, not one per
+statement), starts with ``BEGIN IMMEDIATE`` and waits up to the busy timeout for the lock
+(D4, D5). Writers of one process take turns first (FIFO, bounded by the same busy
+timeout), so they never wait inside SQLite's busy handler, whose sleeps grow to 100 ms a
+retry: eight runs written at once had a p99 near 1 s that way. Reads, and the writes of
+`accounts_repo` and `keys_repo`, go through the async engine (aiosqlite); those writes
+take the same turn.
 
 Driver errors are translated here: a database that cannot be reached, times out or stays
 locked raises `StoreUnavailableError` (retry later; the API answers 503); a write the
@@ -20,14 +23,14 @@ step count: no SQL, no URL).
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from opentelemetry.trace import SpanKind
-from sqlalchemy import bindparam, func, select, union_all
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import (
     DataError,
     DBAPIError,
@@ -38,12 +41,11 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql.dml import Insert
 
 from conclave.errors import InvalidRequestError, StoreRejectedError, StoreUnavailableError
 from conclave.observability import tracing
 from conclave.store import codec
-from conclave.store.engine import WRITE, Backend, create_engine, iso_utc, resolve_url, utcnow
+from conclave.store.engine import WRITE, Backend, create_engine, iso_utc, resolve_url
 from conclave.store.idempotency import (
     IdempotencyClaim,
     check_key,
@@ -53,6 +55,8 @@ from conclave.store.idempotency import (
 )
 from conclave.store.migrate import upgrade
 from conclave.store.models import decisions, run_steps, runs
+from conclave.store.run_writes import insert_run, one_statement
+from conclave.store.sqlite_writer import SqliteWriter
 
 #: Most summaries one `RunStore.list_runs` call returns.
 MAX_PAGE = 500
@@ -62,6 +66,8 @@ _SUMMARY_COLUMNS = tuple(
                  "status", "degraded", "missing_agents", "action")
 )  # fmt: skip
 _UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError, OSError, TimeoutError)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class RunStore:
@@ -78,9 +84,10 @@ class RunStore:
         self._engine = engine
         self.backend: Backend = backend
         self.stale_claim_s = stale_claim_s
-        self._busy_timeout_s = busy_timeout_s
-        # SQLite has one writer at a time: this process's writers queue here, in order
-        self._writer = asyncio.Lock() if backend == "sqlite" else None
+        # SQLite has one writer at a time: this process's writers queue for its thread
+        self._sqlite = (
+            SqliteWriter(engine.url, busy_timeout_s=busy_timeout_s) if backend == "sqlite" else None
+        )
         # attempt number of each key this store claimed, so that a claim another caller
         # took over after it went stale cannot be completed by the late original owner
         self._claims: dict[str, int] = {}
@@ -117,13 +124,23 @@ class RunStore:
         return store
 
     async def aclose(self) -> None:
-        """Close every pooled connection."""
-        await self._engine.dispose()
+        """Close every pooled connection (and the SQLite writer's thread)."""
+        try:
+            if self._sqlite is not None:
+                await self._sqlite.aclose()
+        finally:
+            await self._engine.dispose()
 
     @property
     def engine(self) -> AsyncEngine:
         """The underlying engine (for tests and maintenance scripts)."""
         return self._engine
+
+    @property
+    def write_engine(self) -> Engine:
+        """The engine this store's own writes go through (for tests that watch or break
+        statements): on SQLite the writer thread's, on PostgreSQL ``engine.sync_engine``."""
+        return self._engine.sync_engine if self._sqlite is None else self._sqlite.engine
 
     # -- transactions ------------------------------------------------------------------
 
@@ -151,6 +168,7 @@ class RunStore:
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction on the async engine, in this process's turn on SQLite."""
         async with self._writer_turn(), self._guard(), self._engine.connect() as conn:
             await conn.execution_options(**{WRITE: True})
             async with conn.begin():
@@ -158,22 +176,22 @@ class RunStore:
 
     @asynccontextmanager
     async def _writer_turn(self) -> AsyncIterator[None]:
-        """This process's turn to write on SQLite (nothing to wait for on PostgreSQL);
-        `StoreUnavailableError` after the busy timeout, as SQLite's own lock would give."""
-        if self._writer is None:
+        if self._sqlite is None:  # PostgreSQL locks rows, not the database
             yield
             return
-        try:
-            async with asyncio.timeout(self._busy_timeout_s):
-                await self._writer.acquire()
-        except TimeoutError:
-            raise StoreUnavailableError(
-                "the run store is unavailable (database is locked)"
-            ) from None
-        try:
+        async with self._sqlite.turn():
             yield
-        finally:
-            self._writer.release()
+
+    async def _transact(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``fn(conn, ...)`` in one write transaction: on SQLite one hop to the writer
+        thread, on PostgreSQL a pooled connection (``run_sync``)."""
+        if self._sqlite is None:
+            async with self._write() as conn:
+                return await conn.run_sync(fn, *args, **kwargs)
+        async with self._guard():
+            return await self._sqlite.transaction(fn, *args, **kwargs)
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
@@ -204,22 +222,16 @@ class RunStore:
             if span.is_recording():
                 span.set_attributes({"db.system.name": self.backend, "conclave.run_id": rows.run_id,
                                      "conclave.steps": len(rows.steps)})  # fmt: skip
-            single = _one_statement(rows) if self.backend == "postgresql" else None
+            single = one_statement(rows) if self.backend == "postgresql" else None
             if single is not None and idempotency_key is None:
                 async with self._guard(), self._engine.connect() as conn:
                     await conn.execution_options(isolation_level="AUTOCOMMIT")
                     await conn.execute(*single)
                 return
-            async with self._write() as conn:
-                await conn.execute(runs.insert().values(**rows.run, created_at=utcnow()))
-                if rows.steps:
-                    await conn.execute(run_steps.insert(), rows.steps)
-                await conn.execute(decisions.insert().values(**rows.decision))
-                if idempotency_key is not None:
-                    await complete_key(
-                        conn, idempotency_key, rows.run_id, request_hash=request_hash,
-                        attempt=attempt, backend=self.backend,
-                    )  # fmt: skip
+            await self._transact(
+                insert_run, rows, idempotency_key, request_hash=request_hash, attempt=attempt,
+                backend=self.backend,
+            )  # fmt: skip
         if idempotency_key is not None:
             self._claims.pop(idempotency_key, None)
 
@@ -296,10 +308,9 @@ class RunStore:
         (G4). Safe under concurrency across processes (a unique key).
         """
         check_key(key)
-        async with self._write() as conn:
-            claim, attempt = await claim_key(
-                conn, key, request_hash, stale_after_s=self.stale_claim_s, backend=self.backend
-            )
+        claim, attempt = await self._transact(
+            claim_key, key, request_hash, stale_after_s=self.stale_claim_s, backend=self.backend
+        )
         if claim.kind == "new":
             self._claims[key] = attempt
         return claim
@@ -308,9 +319,9 @@ class RunStore:
         """Mark ``key`` done with ``run_id`` (`save_run` with the key does this itself)."""
         check_key(key)
         attempt = self._claims.get(key)
-        async with self._write() as conn:
-            await complete_key(conn, key, run_id, request_hash=None, attempt=attempt,
-                               backend=self.backend)  # fmt: skip
+        await self._transact(
+            complete_key, key, run_id, request_hash=None, attempt=attempt, backend=self.backend
+        )
         self._claims.pop(key, None)
 
     async def release_idempotency_key(self, key: str) -> None:
@@ -320,8 +331,7 @@ class RunStore:
         """
         check_key(key)
         attempt = self._claims.pop(key, None)
-        async with self._write() as conn:
-            await release_key(conn, key, attempt=attempt)
+        await self._transact(release_key, key, attempt=attempt)
 
     # -- health ------------------------------------------------------------------------
 
@@ -335,43 +345,6 @@ class RunStore:
             return {"status": "down", "backend": self.backend,
                     "detail": f"unreachable ({type(cause).__name__})"}  # fmt: skip
         return {"status": "ok", "backend": self.backend, "detail": "reachable"}
-
-
-def _one_statement(rows: codec.RunRows) -> tuple[Insert, dict[str, Any]] | None:
-    """The run, its steps and its decision as ONE PostgreSQL statement, and its parameters;
-    None when the steps do not all have the same columns (then they are written one
-    statement each, in a transaction).
-
-    The run and the steps are data-modifying CTEs of the decision's INSERT. A single
-    statement is atomic on its own (D7) and its foreign keys are checked at its end, so it
-    needs no BEGIN and no COMMIT: one round trip to the server instead of five. The
-    statement is built once per shape (columns, step count) from bound parameters, so
-    SQLAlchemy compiles it once, not once a run."""
-    step_cols = tuple(rows.steps[0]) if rows.steps else ()
-    if any(step.keys() != rows.steps[0].keys() for step in rows.steps):
-        return None
-    params = {f"r_{k}": v for k, v in rows.run.items()}
-    params.update({f"d_{k}": v for k, v in rows.decision.items()})
-    for i, step in enumerate(rows.steps):
-        params.update({f"s{i}_{k}": v for k, v in step.items()})
-    shape = (tuple(rows.run), tuple(rows.decision), step_cols, len(rows.steps))
-    return _shaped_statement(*shape), params
-
-
-@functools.lru_cache(maxsize=64)
-def _shaped_statement(
-    run_cols: tuple[str, ...], decision_cols: tuple[str, ...], step_cols: tuple[str, ...], n: int
-) -> Insert:
-    def bound(table: Any, prefix: str, cols: tuple[str, ...]) -> dict[str, Any]:
-        return {c: bindparam(f"{prefix}{c}", type_=table.c[c].type) for c in cols}
-
-    new_run = runs.insert().values(**bound(runs, "r_", run_cols), created_at=utcnow())
-    ctes = [new_run.cte("new_run")]
-    if n:  # INSERT ... SELECT ... UNION ALL ...: SQLAlchemy never caches a multi-row VALUES
-        selects = [select(*bound(run_steps, f"s{i}_", step_cols).values()) for i in range(n)]
-        source = selects[0] if n == 1 else union_all(*selects)
-        ctes.append(run_steps.insert().from_select(list(step_cols), source).cte("new_steps"))
-    return decisions.insert().values(**bound(decisions, "d_", decision_cols)).add_cte(*ctes)
 
 
 def _summary(row: Any) -> dict[str, Any]:
