@@ -31,6 +31,7 @@ from conclave.agents.inputs import AgentInput, Needs
 from conclave.agents.outputs import AgentResult, SeriesOutput
 from conclave.agents.params import AgentParams
 from conclave.agents.plain import check_plain
+from conclave.agents.scoring import iso_time
 from conclave.errors import (
     AgentConfigError,
     AgentError,
@@ -38,7 +39,7 @@ from conclave.errors import (
     InsufficientDataError,
 )
 from conclave.market.candles import Candles
-from conclave.timeframes import Timeframe, iso_ms
+from conclave.timeframes import Timeframe
 
 
 @lru_cache(maxsize=256)
@@ -241,11 +242,18 @@ class Agent(ABC):
         return float(s[0]), float(c[0])
 
 
-@lru_cache(maxsize=64)
+#: `bar_ms` by timeframe name (a str hashes and compares in C; a `Timeframe` key would
+#: call its dataclass ``__hash__`` and ``__eq__``: most of the live step's ``as_of``).
+_BAR_MS: dict[str, int] = {}
+
+
 def bar_ms(tf: Timeframe) -> int:
     """A bar's length in ms, 0 for months (their length varies): then a bar's close time
     is its open time plus this (`Timeframe.close_time` without its arrays)."""
-    return 0 if tf.is_monthly else tf.ms
+    step = _BAR_MS.get(tf.name)
+    if step is None:
+        step = _BAR_MS[tf.name] = 0 if tf.is_monthly else tf.ms
+    return step
 
 
 def close_ms(tf: Timeframe, open_ms: int) -> int:
@@ -256,4 +264,4 @@ def close_ms(tf: Timeframe, open_ms: int) -> int:
 
 def _close_iso(cd: Candles) -> str:
     """The close time of the last bar of ``cd`` as ISO text (``as_of`` of the answer)."""
-    return iso_ms(close_ms(cd.timeframe, int(cd.open_time[-1])))
+    return iso_time(close_ms(cd.timeframe, cd.open_time.item(-1)))

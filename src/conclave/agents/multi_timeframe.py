@@ -30,11 +30,11 @@ from conclave.agents.base import Agent, bar_ms, close_ms
 from conclave.agents.inputs import F64, I64, AgentInput, Needs
 from conclave.agents.outputs import SeriesOutput
 from conclave.agents.params import AgentParams
-from conclave.agents.scoring import finish, finish1, fnum, sgn1, sign_band, sign_band1
+from conclave.agents.scoring import finish, finish1, fnum, iso_time, sgn1, sign_band, sign_band1
 from conclave.errors import InsufficientDataError
 from conclave.market.candles import Candles
 from conclave.market.resample import resample
-from conclave.timeframes import DAY_MS, Timeframe, iso_ms
+from conclave.timeframes import DAY_MS, Timeframe
 
 _HIGHER = (4, 24)
 
@@ -154,7 +154,7 @@ class MultiTimeframe(Agent):
                     f"{name}: {len(hc)} closed bars, need {p.higher_period + p.slope_bars}"
                 )
             trends.append(np.where(idx >= 0, ht[np.maximum(idx, 0)], np.nan))
-            last_closed[name] = iso_ms(int(hc.open_time[idx[-1]]))
+            last_closed[name] = iso_time(int(hc.open_time[idx[-1]]))
         stack = np.stack(trends)
         w = np.asarray(p.weights)[:, None]
         score = (w * stack).sum(axis=0) / float(sum(p.weights))
@@ -194,7 +194,7 @@ class MultiTimeframe(Agent):
                     f"{name}: {len(hc)} closed bars, need {p.higher_period + p.slope_bars}"
                 )
             trends.append(ht)
-            last_closed[name] = iso_ms(int(hc.open_time[i]))
+            last_closed[name] = iso_time(int(hc.open_time[i]))
         w = p.weights
         score = (w[0] * trends[0] + w[1] * trends[1] + w[2] * trends[2]) / float(sum(w))
         agree = abs((sgn1(trends[0]) + sgn1(trends[1]) + sgn1(trends[2])) / 3)

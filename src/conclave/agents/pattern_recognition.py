@@ -31,9 +31,8 @@ from conclave.agents.indicators.talib_numpy import abstract, talib
 from conclave.agents.inputs import F64, AgentInput, Needs
 from conclave.agents.outputs import SeriesOutput
 from conclave.agents.params import AgentParams
-from conclave.agents.scoring import finish, finish1, fnum
+from conclave.agents.scoring import finish, finish1, fnum, iso_time
 from conclave.market.candles import Candles
-from conclave.timeframes import iso_ms
 
 #: TA-Lib candlestick functions used, with the name reported.
 CANDLES: dict[str, str] = {
@@ -208,7 +207,9 @@ class PatternRecognition(Agent):
         fh = [
             np.ascontiguousarray(x, dtype=np.float64) for x in (cd.open, cd.high, cd.low, cd.close)
         ]
-        tails = np.array([fn(*fh)[first:] for fn in _FUNCS])
+        # one array of the twelve outputs, then the bars from ``first`` of each row
+        whole = np.concatenate([fn(*fh) for fn in _FUNCS]).reshape(len(_FUNCS), -1)
+        tails = whole[:, first:]
         rows, bars = np.nonzero(tails)  # row-major: rows in `CANDLES` order
         vals = tails[rows, bars].tolist()
         return [
@@ -246,14 +247,14 @@ class PatternRecognition(Agent):
         """The payload of the signals ``(row, bar, kind, bullish, chart event or None)``."""
         found: list[dict[str, Any]] = []
         for _, t, kind, bull, e in items:
-            end = iso_ms(int(cd.open_time[t]))
+            end = iso_time(int(cd.open_time[t]))
             if e is not None:
                 found.append(
                     {
                         "kind": kind,
                         "type": "chart",
                         "direction": "bullish" if bull else "bearish",
-                        "start": iso_ms(int(cd.open_time[e.start])),
+                        "start": iso_time(int(cd.open_time[e.start])),
                         "end": end,
                         "levels": {k: fnum(v) for k, v in e.levels.items()},
                     }

@@ -7,6 +7,7 @@ indicators (a bar's value depends only on its trailing window, bit for bit).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,10 @@ import numpy.typing as npt
 
 from conclave.market.candles import Candles
 from conclave.timeframes import iso_ms
+
+#: `iso_ms` remembered: the nine answers of a run name the same last close, and the bars
+#: their evidence names recur from one run to the next (a pure function of the int).
+iso_time = lru_cache(maxsize=4096)(iso_ms)
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -106,7 +111,7 @@ def within(swing: I64, n: int, window: int) -> npt.NDArray[np.bool_]:
 
 def point(candles: Candles, i: int, price: float) -> dict[str, Any]:
     """A swing or level as plain evidence: bar open time (ISO) and price."""
-    return {"time": iso_ms(int(candles.open_time[i])), "price": float(price)}
+    return {"time": iso_time(int(candles.open_time[i])), "price": float(price)}
 
 
 def fnum(x: float) -> float | None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -121,24 +121,20 @@ class PipelineContext:
 
     def input(self, plan: InputPlan) -> AgentInput:
         """The input described by ``plan`` (see `InputPlan.of`); the bars are views."""
+        candles = self.candles[self.timeframe].tail(plan.lookback)
         higher: dict[str, Candles] = {}
-        for i, tf in enumerate(plan.higher):
-            got = self.candles.get(tf)
-            if got is not None:
-                higher[tf] = got.tail(plan.higher_bars[i]) if plan.higher_bars else got
-        candles = self.base.tail(plan.lookback)
+        if plan.higher:
+            for i, tf in enumerate(plan.higher):
+                got = self.candles.get(tf)
+                if got is not None:
+                    higher[tf] = got.tail(plan.higher_bars[i]) if plan.higher_bars else got
         account = None
         if plan.account:
             first_close = int(candles.close_time[0]) if len(candles) else self.as_of_ms
             account = account_window(self.account, first_close)
+        news = self.news if plan.news else None
         return AgentInput(
-            symbol=self.symbol,
-            timeframe=self.timeframe,
-            as_of_ms=self.as_of_ms,
-            candles=candles,
-            higher=higher,
-            news=self.news if plan.news else None,
-            account=account,
+            self.symbol, self.timeframe, self.as_of_ms, candles, higher, news, account
         )
 
 
@@ -248,7 +244,7 @@ def valid_values(score: object, confidence: object) -> bool:
     return True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class StepResult:
     """One agent's recorded answer; ``score``/``confidence`` are None unless it succeeded.
 
@@ -268,6 +264,32 @@ class StepResult:
     timestamp: str = ""
     as_of: str | None = None
     error: str = ""
+
+    def __init__(
+        self,
+        agent: str,
+        status: StepStatus,
+        score: float | None,
+        confidence: float | None,
+        payload: dict[str, Any],
+        duration_ms: float,
+        version: str = "",
+        timestamp: str = "",
+        as_of: str | None = None,
+        error: str = "",
+    ) -> None:
+        # nine steps a pipeline run: the slots written through their descriptors, as
+        # `conclave.agents.outputs` does, in about half the generated ``__init__``'s time
+        _sr_agent(self, agent)
+        _sr_status(self, status)
+        _sr_score(self, score)
+        _sr_confidence(self, confidence)
+        _sr_payload(self, payload)
+        _sr_duration_ms(self, duration_ms)
+        _sr_version(self, version)
+        _sr_timestamp(self, timestamp)
+        _sr_as_of(self, as_of)
+        _sr_error(self, error)
 
     @property
     def ok(self) -> bool:
@@ -295,31 +317,33 @@ class StepResult:
     def from_result(cls, result: AgentResult, *, duration_ms: float | None = None) -> StepResult:
         """Record an `AgentResult`; out-of-range or non-finite values make it an error."""
         took = result.duration_ms if duration_ms is None else duration_ms
+        s, c = result.score, result.confidence
+        # the common case first: exact floats in range (NaN fails every comparison and
+        # the infinities the bounds), a dict payload; anything else is checked below
+        if (
+            result.status == "ok"
+            and type(s) is float
+            and type(c) is float
+            and -1.0 <= s <= 1.0
+            and 0.0 <= c <= 100.0
+            and type(result.payload) is dict
+        ):
+            return cls(result.agent, "ok", s, c, result.payload, took, result.version,
+                       result.timestamp, result.as_of)  # fmt: skip
         meta = (result.version, result.timestamp, result.as_of)
         if result.status != "ok":
             reason = result.reason or result.status
             return cls.failed(result.agent, result.status, reason, duration_ms=took,
                               version=meta[0], timestamp=meta[1], as_of=meta[2])  # fmt: skip
-        if not valid_values(result.score, result.confidence) or not isinstance(
-            result.payload, dict
-        ):
+        if not valid_values(s, c) or not isinstance(result.payload, dict):
             reason = (
-                f"invalid_output: score {result.score!r} must lie in [-1, 1] and confidence"
-                f" {result.confidence!r} in [0, 100], payload an object"
+                f"invalid_output: score {s!r} must lie in [-1, 1] and confidence"
+                f" {c!r} in [0, 100], payload an object"
             )
             return cls.failed(result.agent, "error", reason, duration_ms=took,
                               version=meta[0], timestamp=meta[1], as_of=meta[2])  # fmt: skip
-        return cls(
-            agent=result.agent,
-            status="ok",
-            score=float(result.score),
-            confidence=float(result.confidence),
-            payload=result.payload,
-            duration_ms=took,
-            version=result.version,
-            timestamp=result.timestamp,
-            as_of=result.as_of,
-        )
+        return cls(result.agent, "ok", float(s), float(c), result.payload, took, result.version,
+                   result.timestamp, result.as_of)  # fmt: skip
 
     def to_wire(self) -> dict[str, Any]:
         """``{"score", "confidence", "payload", "meta": {...}}`` in the seed's shape."""
@@ -328,3 +352,9 @@ class StepResult:
             agent=self.agent, version=self.version, duration_ms=round(self.duration_ms, 3),
             timestamp=self.timestamp, as_of=self.as_of, status=self.status, reason=self.error,
         )  # fmt: skip
+
+
+(
+    _sr_agent, _sr_status, _sr_score, _sr_confidence, _sr_payload, _sr_duration_ms,
+    _sr_version, _sr_timestamp, _sr_as_of, _sr_error,
+) = (StepResult.__dict__[f.name].__set__ for f in fields(StepResult))  # fmt: skip

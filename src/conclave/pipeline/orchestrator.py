@@ -26,8 +26,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Coroutine, Mapping
 from typing import Any, Self
 
 import structlog
@@ -42,7 +41,6 @@ from conclave.errors import (
     StaleDataError,
 )
 from conclave.market.gateway import MarketGateway, MarketSnapshot
-from conclave.market.validation import FillReport
 from conclave.news.headline import base_asset
 from conclave.news.sources import NewsSource
 from conclave.observability import tracing
@@ -56,6 +54,10 @@ from conclave.pipeline.context import (
     higher_limits,
 )
 from conclave.pipeline.decision import Decision, DecisionConfig, decide
+
+# PipelineRun lived here: importers of conclave.pipeline.orchestrator still find it
+from conclave.pipeline.pipeline_run import PipelineRun as PipelineRun
+from conclave.pipeline.pipeline_run import degrade_for_gaps
 from conclave.pipeline.runners import (
     DEFAULT_EXECUTOR,
     DEFAULT_TIMEOUT_S,
@@ -65,66 +67,9 @@ from conclave.pipeline.runners import (
     LocalRunner,
     make_executor,
 )
-from conclave.timeframes import Timeframe, iso_ms
+from conclave.timeframes import Timeframe
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class PipelineRun:
-    """A finished run: its id, what it read, every step and the decision.
-
-    ``gaps`` names each window that had bars filled (B3) with its counts; empty when every
-    window was complete (or no data was read).
-    """
-
-    run_id: str
-    account_id: str | None
-    symbol: str
-    timeframe: str
-    as_of_ms: int
-    simulated: bool
-    source: str
-    steps: Mapping[str, StepResult]
-    decision: Decision
-    duration_ms: float
-    started_at: str
-    gaps: Mapping[str, FillReport] = field(default_factory=dict)
-
-    @property
-    def degraded(self) -> bool:
-        """True when any step failed or is missing, or a window missed more than 1 % of its
-        bars (the decision says which)."""
-        return self.decision.degraded
-
-    @property
-    def gaps_filled(self) -> bool:
-        """True when any bar the agents read was filled (B3)."""
-        return any(report.filled for report in self.gaps.values())
-
-    @property
-    def missing_agents(self) -> tuple[str, ...]:
-        """Agents without a usable answer, in registry order."""
-        return self.decision.missing_agents
-
-    def to_wire(self) -> dict[str, Any]:
-        """camelCase JSON form; each step in the seed's shape."""
-        return {
-            "runId": self.run_id,
-            "symbol": self.symbol,
-            "timeframe": self.timeframe,
-            "asOf": iso_ms(self.as_of_ms),
-            "accountId": self.account_id,
-            "simulated": self.simulated,
-            "source": self.source,
-            "steps": {name: step.to_wire() for name, step in self.steps.items()},
-            "decision": self.decision.to_wire(),
-            "degraded": self.degraded,
-            "missingAgents": list(self.missing_agents),
-            "durationMs": round(self.duration_ms, 3),
-            # last: the run store keeps it in the row's extra JSON, which reads back last
-            "gaps": {name: report.to_wire() for name, report in self.gaps.items()},
-        }
 
 
 def default_agents(registry: Registry = REGISTRY) -> dict[str, Agent]:
@@ -243,26 +188,34 @@ class Pipeline:
         mode = self._modes[name]
         kind = SpanKind.CLIENT if mode == "http" else SpanKind.INTERNAL
         with tracing.span(self._call_spans[name], kind) as span:
-            step = await self._call(name, context, now_iso)
+            t0 = time.perf_counter()
+            try:
+                got = self._call(name, context, now_iso)
+                step = got if isinstance(got, StepResult) else await got
+            except Exception as exc:  # a runner breaking its protocol must not crash the run
+                took = (time.perf_counter() - t0) * 1000.0
+                reason = f"runner: {type(exc).__name__}: {exc}"
+                step = StepResult.failed(name, "error", reason, duration_ms=took,
+                                         timestamp=now_iso)  # fmt: skip
             if span.is_recording():
                 _record_step(span, name, mode, step)
             return step
 
-    async def _call(self, name: str, context: PipelineContext, now_iso: str) -> StepResult:
-        runner = self.runners[name]
+    def _call(
+        self, name: str, context: PipelineContext, now_iso: str
+    ) -> StepResult | Coroutine[Any, Any, StepResult]:
+        """The step itself when it is known at once (news failed, an inline local agent:
+        no coroutine for a synchronous step), else the runner's call to await."""
         agent = self.agents.get(name)
         if agent is not None and agent.needs.news and context.news_error:
             return StepResult.failed(name, "error", context.news_error, timestamp=now_iso)
-        t0 = time.perf_counter()
-        try:
-            if agent is None:
-                raise LookupError(f"no local agent {name!r} to build its input")
-            return await runner.run(context.input(self._plan(name, context.timeframe)),
-                                    now_iso=now_iso)  # fmt: skip
-        except Exception as exc:  # a runner breaking its protocol must not crash the run
-            took = (time.perf_counter() - t0) * 1000.0
-            reason = f"runner: {type(exc).__name__}: {exc}"
-            return StepResult.failed(name, "error", reason, duration_ms=took, timestamp=now_iso)
+        if agent is None:
+            raise LookupError(f"no local agent {name!r} to build its input")
+        agent_input = context.input(self._plan(name, context.timeframe))
+        runner = self.runners[name]
+        if type(runner) is LocalRunner and runner.executor is None:
+            return runner.run_inline(agent_input, now_iso=now_iso)
+        return runner.run(agent_input, now_iso=now_iso)
 
     async def run_steps(self, context: PipelineContext, *, now_iso: str) -> dict[str, StepResult]:
         """Every agent's step: the analysis agents (concurrently unless ``parallel`` is
@@ -391,15 +344,6 @@ class Pipeline:
             run_id, account_id, symbol, tf, as_of_ms, snapshot.simulated, snapshot.source,
             steps, decision, (time.perf_counter() - t0) * 1000.0, now_iso, gaps,
         )  # fmt: skip
-
-
-def degrade_for_gaps(decision: Decision, gaps: Mapping[str, FillReport]) -> Decision:
-    """``decision`` marked degraded, its reason ending ``gaps: <window> N of M bars missing
-    (x %)``, when a window of ``gaps`` missed more than 1 % of its bars (B3); else as is."""
-    over = [report.describe() for report in gaps.values() if report.degraded]
-    if not over:
-        return decision
-    return replace(decision, degraded=True, reason=f"{decision.reason}; gaps: {', '.join(over)}")
 
 
 def _record_step(span: Any, name: str, mode: str, step: StepResult) -> None:

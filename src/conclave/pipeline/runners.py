@@ -139,14 +139,19 @@ class LocalRunner:
             version=self.agent.version,
         )
 
+    def run_inline(self, agent_input: AgentInput, *, now_iso: str) -> StepResult:
+        """The agent's step computed in this thread, what `run` does without an executor
+        (the orchestrator calls it directly: no coroutine for a synchronous step)."""
+        step = execute_agent(self.agent, agent_input, now_iso)
+        if step.duration_ms > self.timeout_s * 1000.0:
+            return self._timeout(step.duration_ms, now_iso)
+        return step
+
     async def run(self, agent_input: AgentInput, *, now_iso: str) -> StepResult:
         """The agent's step; an answer later than ``timeout_s`` is status ``timeout``."""
-        t0 = time.perf_counter()
         if self.executor is None:
-            step = execute_agent(self.agent, agent_input, now_iso, started=t0)
-            if step.duration_ms > self.timeout_s * 1000.0:
-                return self._timeout(step.duration_ms, now_iso)
-            return step
+            return self.run_inline(agent_input, now_iso=now_iso)
+        t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(
             self.executor, execute_agent, self.agent, agent_input, now_iso
