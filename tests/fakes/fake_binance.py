@@ -15,6 +15,10 @@ and klines serve only bars that have opened by it, so the newest bar served may 
 open, as on the real exchange. Each hit records the server time and how many of the rows it
 served were still open then (``open_rows``).
 
+``weights=WeightRules(limit=...)`` makes it refuse past a weight limit like Binance (429, then
+418 bans: `tests.fakes.binance_weight`); ``serve_live`` adds symbols served fresh from
+relabelled recorded rows (`tests.fakes.binance_live`).
+
 The CSV has only open time and OHLCV; the other kline fields (close time, quote volume,
 trades, taker-buy volumes) are derived deterministically from them.
 """
@@ -29,7 +33,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,6 +45,9 @@ import httpx2
 import numpy as np
 
 from conclave.timeframes import BINANCE_INTERVALS, Timeframe
+from tests.fakes.binance_live import live_series
+from tests.fakes.binance_weight import WeightBook, WeightRules
+from tests.fakes.fake_clock import FakeClock as FakeClock  # re-exported
 
 KLINES = "/api/v3/klines"
 TIME = "/api/v3/time"
@@ -85,24 +92,6 @@ class _Series:
     rows: Callable[[int, int], list[list[Any]]]
 
 
-class FakeClock:
-    """A clock and an async sleep that only advance time, instantly; records every sleep."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += max(0.0, seconds)
-
-
 @functools.cache
 def _csv_series(path: Path, tf_ms: int) -> _Series:
     data = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64)
@@ -137,6 +126,7 @@ class FakeBinance:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] | None = None,
+        weights: WeightRules | None = None,
     ) -> None:
         captured = shared_data / "api" / "binance" / "captured"
         self.exchange_info = (
@@ -169,6 +159,9 @@ class FakeBinance:
         self._server: ThreadingHTTPServer | None = None
         self.active = 0
         self.server_errors: list[str] = []
+        self.book = WeightBook(weights or WeightRules())
+        self._candles_dir = shared_data / "candles"
+        self.live: set[str] = set()
 
     # -- control ---------------------------------------------------------------------------
 
@@ -230,6 +223,13 @@ class FakeBinance:
             self.would_ban = 0
             self.extra_weight = 0
             self._announced_until = -float("inf")
+            self.book.clear()
+
+    def serve_live(self, symbols: Iterable[str]) -> None:
+        """List ``symbols``, each served fresh in every interval (`binance_live`)."""
+        with self._lock:
+            self.live.update(symbols)
+            self.symbols.update(symbols)
 
     def requests(self, path: str = KLINES, client: str | None = None) -> list[Hit]:
         """Recorded requests to ``path`` (from ``client`` when given)."""
@@ -242,8 +242,7 @@ class FakeBinance:
 
     def used_weight(self, now: float) -> int:
         """Weight used in the stub's current one-minute window (all clients, plus extra)."""
-        window = int(now // 60)
-        return self.extra_weight + sum(h.weight for h in self.hits if int(h.t // 60) == window)
+        return self.extra_weight + self.book.used(now)
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -269,6 +268,10 @@ class FakeBinance:
             with self._lock:
                 inside = now < self._announced_until
                 self.would_ban += int(inside)
+                refused = None if fault else self.book.verdict(now, weight, self.extra_weight)
+                if refused is not None:
+                    (status, body, headers), open_rows = refused, 0
+                self.book.add(now, weight)
                 if status in (418, 429) and "Retry-After" in headers:
                     until = now + float(headers["Retry-After"])
                     self._announced_until = max(self._announced_until, until)
@@ -361,6 +364,8 @@ class FakeBinance:
         if not 1 <= limit <= 1000:
             return error(-1130, "Data sent for parameter 'limit' is not valid.")
         series = self.series.get((symbol, interval))
+        if symbol in self.live:
+            series = _Series(*live_series(self._candles_dir, interval, server_ms))
         if series is None:
             return 200, b"[]", {}, 0
         t = series.open_time

@@ -9,13 +9,18 @@ server's ``Retry-After``), so a server that keeps answering 429 is never pushed 
 
 Two backends keep the counts (`conclave.market.ratelimit_backends`): `InProcessBackend` for
 one process, `RedisBackend` for a fleet, falling back to in-process counting while Redis is
-down (RELIABILITY.md D1).
+down (RELIABILITY.md D1); meanwhile a replica spends at most `DEGRADED_SHARE` of the budget.
 
 The limiter exports its state as metrics: the weight the exchange reports used and the
 budget, 429 and 418 answers counted, and the end of the current pause or ban.
 
 Times are seconds from an injectable clock (``time.time`` by default: windows must line up
-with the exchange's minutes and, through Redis, with the other replicas').
+with the exchange's minutes and, through Redis, with the other replicas'). Once `align` ed to
+the source's exchange clock, windows are the exchange's minutes (the local clock plus the
+measured offset, shared by the replicas). A request reserved in the last `EDGE_S` of a window
+may reach the exchange in the next one, and one reserved within the offset's uncertainty after
+a window opens may still fall in the previous one: such a reservation counts in both windows,
+so the exchange's own count of every window stays within the budget (RELIABILITY A4).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import structlog
 
@@ -53,6 +58,31 @@ __all__ = ["InProcessBackend", "LimiterBackend", "Pause", "RedisBackend", "Weigh
 
 #: A streak of rate-limit answers doubles the pause up to this many seconds.
 MAX_ESCALATED_PAUSE_S = 60.0
+#: A reservation this close to a window's end also counts in the next window, in seconds:
+#: the time from reserving to the request's arrival (event-loop lag, connect) fits in it.
+EDGE_S = 1.0
+#: While the shared counts are unreachable a replica spends at most this share of the
+#: budget: the rest covers what the others spend before the exchange's header reports it.
+DEGRADED_SHARE = 0.9
+
+
+class ExchangeOffset(Protocol):
+    """The exchange clock as the limiter needs it (`conclave.market.exchange_time`)."""
+
+    @property
+    def offset_ms(self) -> int:
+        """Exchange minus local time, ms."""
+        ...
+
+    @property
+    def margin_ms(self) -> int:
+        """How far ``offset_ms`` may be off either way, ms."""
+        ...
+
+
+class _NoOffset:
+    offset_ms = 0
+    margin_ms = 0
 
 
 class WeightLimiter:
@@ -66,6 +96,7 @@ class WeightLimiter:
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
         window_s: float = WINDOW_S,
+        edge_s: float = EDGE_S,
         source: str = "binance",
     ) -> None:
         if budget <= 0:
@@ -77,12 +108,36 @@ class WeightLimiter:
         self._clock = clock
         self._sleep = sleep
         self._window_s = window_s
+        self._edge_s = edge_s
+        self._exchange: ExchangeOffset = _NoOffset()
+
+    def align(self, exchange: ExchangeOffset) -> None:
+        """Count windows on ``exchange``'s clock (the local clock plus its measured offset)."""
+        self._exchange = exchange
 
     def _window(self, now: float) -> int:
-        return int(now // self._window_s)
+        return int((now + self._exchange.offset_ms / 1000) // self._window_s)
 
-    async def acquire(self, weight: int, *, max_wait_s: float = 0.0) -> None:
-        """Reserve ``weight`` in the current window, waiting at most ``max_wait_s`` seconds.
+    def _windows(self, now: float) -> list[int]:
+        """The windows a request reserved at ``now`` may land in, on the exchange's clock."""
+        t = now + self._exchange.offset_ms / 1000
+        window = int(t // self._window_s)
+        into = t - window * self._window_s
+        out = [window]
+        if into < self._exchange.margin_ms / 1000:
+            out.insert(0, window - 1)
+        if self._window_s - into < self._edge_s:
+            out.append(window + 1)
+        return out
+
+    def _opens(self, window: int) -> float:
+        """Local time from which a reservation no longer touches ``window - 1``."""
+        exchange = self._exchange
+        return window * self._window_s + (exchange.margin_ms - exchange.offset_ms) / 1000
+
+    async def acquire(self, weight: int, *, max_wait_s: float = 0.0) -> float:
+        """Reserve ``weight`` in the current window, waiting at most ``max_wait_s`` seconds;
+        return when it was reserved (limiter clock, s: pass it to `observe`).
 
         Raise `IPBannedError` / `RateLimitedError` at once when the latch (or the spent
         budget) would hold the caller longer than ``max_wait_s``.
@@ -99,11 +154,17 @@ class WeightLimiter:
                     raise _pause_error(pause, left)
                 await self._sleep(left)
                 continue
-            window = self._window(now)
-            if await self.backend.add_weight(window, weight) <= self.budget:
-                return
-            await self.backend.add_weight(window, -weight)
-            next_window_s = (window + 1) * self._window_s
+            windows = self._windows(now)
+            totals = [await self.backend.add_weight(w, weight) for w in windows]
+            budget = self.budget
+            if self.backend.degraded:
+                budget = int(budget * DEGRADED_SHARE)
+            if max(totals) <= budget:
+                return now
+            for w in windows:
+                await self.backend.add_weight(w, -weight)
+            full = max(w for w, total in zip(windows, totals, strict=True) if total > budget)
+            next_window_s = self._opens(full + 1)
             if next_window_s > give_up_at:
                 raise RateLimitedError(
                     f"Binance weight budget of {self.budget}/min is spent for this minute",
@@ -112,11 +173,14 @@ class WeightLimiter:
                 )
             await self._sleep(next_window_s - now)
 
-    async def observe(self, used_weight_1m: int) -> None:
-        """Raise this window's count to the weight the server reports (``X-MBX-USED-WEIGHT-1M``)."""
+    async def observe(self, used_weight_1m: int, *, at: float | None = None) -> None:
+        """Raise a window's count to the weight the server reports (``X-MBX-USED-WEIGHT-1M``):
+        the window of ``at``, when the request was reserved (default: now). An answer read
+        after its window ended reports that window, not the new one."""
         if used_weight_1m > 0:
             EXCHANGE_WEIGHT_USED.labels(self.source).set(used_weight_1m)
-            await self.backend.raise_weight(self._window(self._clock()), used_weight_1m)
+            window = self._window(self._clock() if at is None else at)
+            await self.backend.raise_weight(window, used_weight_1m)
 
     async def used(self) -> int:
         """Weight counted in the current window."""

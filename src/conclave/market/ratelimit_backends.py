@@ -3,7 +3,11 @@
 `InProcessBackend` counts for one process. `RedisBackend` shares the counts (INCRBY on a key
 per one-minute window, a latch key with a PX expiry); when Redis is down or slow it logs a
 warning and falls back to in-process counting, so a fetch never fails because Redis did
-(RELIABILITY.md D1), and tries Redis again after `REDIS_RETRY_S`.
+(RELIABILITY.md D1), and tries Redis again after `REDIS_RETRY_S`. It keeps the fleet's
+newest totals in the fallback as it goes, so a replica that falls back mid-window carries on
+from what the fleet had spent, not from zero (A4: a 250 ms Redis stall on a loaded machine
+let one replica spend the whole budget again), and adds what it reserved meanwhile to the
+shared count once Redis answers again.
 """
 
 from __future__ import annotations
@@ -61,6 +65,10 @@ class LimiterBackend(Protocol):
     async def aclose(self) -> None:
         """Release connections."""
 
+    @property
+    def degraded(self) -> bool:
+        """True while the counts are this process's alone though they should be shared."""
+
 
 class InProcessBackend:
     """Counts in this process only; also the fallback when Redis is unavailable."""
@@ -72,14 +80,22 @@ class InProcessBackend:
         self._strikes = 0
         self._strike_at = -math.inf
 
-    async def add_weight(self, window: int, weight: int) -> int:
+    @property
+    def degraded(self) -> bool:
+        return False
+
+    def _prune(self, window: int) -> None:
         for old in [w for w in self._weights if w < window - 1]:
             del self._weights[old]
+
+    async def add_weight(self, window: int, weight: int) -> int:
+        self._prune(window)
         total = self._weights.get(window, 0) + weight
         self._weights[window] = total
         return total
 
     async def raise_weight(self, window: int, used: int) -> None:
+        self._prune(window)
         self._weights[window] = max(self._weights.get(window, 0), used)
 
     async def set_pause(self, pause: Pause, ttl_s: float) -> None:
@@ -136,6 +152,9 @@ class RedisBackend:
         self._clock = clock
         self._local = fallback or InProcessBackend(clock)
         self._down_until = -math.inf
+        #: weight reserved in process while Redis was unreachable, by window: added to the
+        #: shared count when Redis answers again, so the fleet sees it
+        self._pending: dict[int, int] = {}
 
     @property
     def degraded(self) -> bool:
@@ -159,23 +178,32 @@ class RedisBackend:
 
     async def add_weight(self, window: int, weight: int) -> int:
         key = f"{self._prefix}:w:{window}"
+        for old in [w for w in self._pending if w < window - 1]:
+            del self._pending[old]
+        pending = self._pending.pop(window, 0)
 
         async def op() -> int:
             async with self._r.pipeline(transaction=True) as pipe:
-                pipe.incrby(key, weight)
+                pipe.incrby(key, weight + pending)
                 pipe.expire(key, int(2 * WINDOW_S))
                 total, _ = await pipe.execute()
+            await self._local.raise_weight(window, int(total))  # the fleet's total, kept
             return int(total)
 
-        return await self._try(op, lambda: self._local.add_weight(window, weight))
+        async def local() -> int:
+            self._pending[window] = pending + weight
+            return await self._local.add_weight(window, weight)
+
+        return await self._try(op, local)
 
     async def raise_weight(self, window: int, used: int) -> None:
         key = f"{self._prefix}:w:{window}"
+        await self._local.raise_weight(window, used)
 
         async def op() -> None:
             await self._r.eval(_SET_MAX, 1, key, used, int(2 * WINDOW_S))
 
-        await self._try(op, lambda: self._local.raise_weight(window, used))
+        await self._try(op, _noop)
 
     async def set_pause(self, pause: Pause, ttl_s: float) -> None:
         await self._local.set_pause(pause, ttl_s)

@@ -2,7 +2,8 @@
 
 Before any I/O the symbol and the interval are checked (case-sensitive: ``1m`` is a minute,
 ``1M`` a month). Every request first reserves its weight with the `WeightLimiter`, and every
-answer's ``X-MBX-USED-WEIGHT-1M`` is reported back to it. A 429 or 418 sets the fleet-wide
+answer's ``X-MBX-USED-WEIGHT-1M`` is reported back to it; the limiter counts its windows on
+the source's exchange clock. A 429 or 418 sets the fleet-wide
 pause latch for ``Retry-After`` and raises at once; 5xx answers, connection errors and
 timeouts are retried with full jitter while the deadline leaves room for a whole attempt.
 Bodies are parsed strictly: anything but an array of 12-field kline rows with integer times
@@ -214,6 +215,7 @@ class BinanceSource:
             settings, offsets, send=self._send, refuse=self._refusal, observe=self._observe,
             limiter=self.limiter, local_ms=wall_ms, mono=clock,
         )  # fmt: skip
+        self.limiter.align(self.exchange_clock)
 
     def _timeout(self, remaining_s: float) -> httpx2.Timeout:
         s = self.settings
@@ -262,7 +264,7 @@ class BinanceSource:
             left = deadline - self._clock()
             if left <= 0:
                 break
-            await self.limiter.acquire(weight, max_wait_s=max(0.0, left - s.read_timeout_s))
+            at = await self.limiter.acquire(weight, max_wait_s=max(0.0, left - s.read_timeout_s))
             try:
                 status, headers, body = await self._send(params, deadline - self._clock())
             except httpx2.TimeoutException as exc:
@@ -274,7 +276,7 @@ class BinanceSource:
                     f"Binance could not be reached ({type(exc).__name__}, attempt {attempt + 1})"
                 )
             else:
-                await self._observe(headers)
+                await self._observe(headers, at)
                 if status == 200:
                     await self.limiter.succeeded()
                     return body
@@ -314,10 +316,10 @@ class BinanceSource:
                 chunks.append(chunk)
             return resp.status_code, resp.headers, b"".join(chunks)
 
-    async def _observe(self, headers: httpx2.Headers) -> None:
+    async def _observe(self, headers: httpx2.Headers, at: float | None = None) -> None:
         raw = headers.get("x-mbx-used-weight-1m")
         if raw is not None and raw.strip().isdigit():
-            await self.limiter.observe(int(raw.strip()))
+            await self.limiter.observe(int(raw.strip()), at=at)
 
     async def _refusal(
         self, status: int, headers: httpx2.Headers, body: bytes, symbol: str
