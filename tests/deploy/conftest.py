@@ -9,36 +9,11 @@ from __future__ import annotations
 
 import csv
 import time
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
 
-from tests.store.conftest import pg_url  # noqa: F401 - a fixture
-
-
-async def _admin(url: str, sql: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
-
-    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-async def own_database(pg_url: str) -> AsyncIterator[str]:  # noqa: F811 - the fixture
-    """The URL of a new, empty database on the ``DATABASE_URL`` server; dropped after."""
-    name = f"conclave_deploy_{uuid.uuid4().hex[:12]}"
-    await _admin(pg_url, f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        await _admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+from tests.store.conftest import own_database, pg_url  # noqa: F401 - fixtures
 
 
 @pytest.fixture

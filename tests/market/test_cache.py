@@ -200,7 +200,9 @@ async def test_poisoned_redis_entries_are_misses_refetched_and_deleted(
     rng = random.Random(3)
     raw = redis_cache._client
     source = CountingSource()
-    cached = CachedSource(source, redis_cache, ttl_s=30)
+    # a TTL the loop cannot outlast: on a loaded machine 1,000 round trips took over 30 s and
+    # the first window had expired by the final read
+    cached = CachedSource(source, redis_cache, ttl_s=3600)
     for i in range(1000):
         end = T0 + i * HOUR_MS
         key = f"fake:BTCUSDT:1h:5:{end}"

@@ -17,7 +17,7 @@ import pytest
 from tests.market.conftest import redis_prefix, stub  # noqa: F401 - fixtures
 from tests.services.test_health_outages import own_redis  # noqa: F401 - fixtures
 from tests.services.test_http_runner import client, momentum, sim_input  # noqa: F401 - fixtures
-from tests.store.conftest import Target, pg_url, target  # noqa: F401 - fixtures
+from tests.store.conftest import Target, own_database, pg_url, target  # noqa: F401 - fixtures
 
 
 class Blackhole:

@@ -101,7 +101,8 @@ def test_g4_orchestrator_sigkill_mid_run_restart_closes_the_claim_never_reruns(
     ``abandoned`` with its reason within its staleness limit (run deadline + 25 s) plus
     one pass (+5 s tolerance), and then the key answers 409 ``idempotency_key_abandoned``.
     Agent calls stay at the eight of the first attempt; no run row is written."""
-    url = request.getfixturevalue("pg_url") if backend == "postgresql" else ""
+    # a database of its own: the run count below must see no other test's runs
+    url = request.getfixturevalue("own_database") if backend == "postgresql" else ""
     data_dir = tmp_path / "data"
     env = _env(tmp_path, blackhole, url)
     key = f"g4-{uuid.uuid4().hex}"

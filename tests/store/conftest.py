@@ -62,6 +62,28 @@ def pg_url() -> str:
     return url
 
 
+async def _admin(url: str, sql: str) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def own_database(pg_url: str) -> AsyncIterator[str]:
+    """The URL of a new, empty database on the ``DATABASE_URL`` server; dropped after."""
+    name = f"conclave_test_{uuid.uuid4().hex[:12]}"
+    await _admin(pg_url, f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        await _admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 async def drop_schema(url: str, schema: str) -> None:
     """Drop a test schema and everything in it."""
     import asyncpg  # type: ignore[import-untyped]
