@@ -9,7 +9,7 @@ no clock and does no I/O.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from conclave.market.candles import Candles
 from conclave.news.headline import Headline
+from conclave.slots import slot_setters
 from conclave.timeframes import BINANCE_INTERVALS, Timeframe
 
 F64 = npt.NDArray[np.float64]
@@ -161,5 +162,5 @@ class AgentInput:
 
 
 (_in_symbol, _in_timeframe, _in_as_of_ms, _in_candles, _in_higher, _in_news, _in_account) = (
-    AgentInput.__dict__[f.name].__set__ for f in fields(AgentInput)
+    slot_setters(AgentInput)
 )

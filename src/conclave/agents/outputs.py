@@ -4,13 +4,14 @@ result of the last bar in the shape of the wire contract (`AgentResult`)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from conclave.agents.plain import wire_answer
+from conclave.slots import slot_setters
 
 F64 = npt.NDArray[np.float64]
 Status = Literal["ok", "no_data", "insufficient_data", "stale_data", "error"]
@@ -121,15 +122,10 @@ class AgentResult:
         )  # fmt: skip
 
 
-def _setters(cls: type) -> Any:
-    """The ``__set__`` of each slot of ``cls`` in field order (for the ``__init__`` above)."""
-    return tuple(cls.__dict__[f.name].__set__ for f in fields(cls))
-
-
-(_so_score, _so_confidence, _so_evidence, _so_status, _so_reason, _so_columns) = _setters(
+(_so_score, _so_confidence, _so_evidence, _so_status, _so_reason, _so_columns) = slot_setters(
     SeriesOutput
 )
 (
     _ar_score, _ar_confidence, _ar_payload, _ar_agent, _ar_version, _ar_duration_ms,
     _ar_timestamp, _ar_as_of, _ar_status, _ar_reason,
-) = _setters(AgentResult)  # fmt: skip
+) = slot_setters(AgentResult)  # fmt: skip

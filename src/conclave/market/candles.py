@@ -9,13 +9,14 @@ Columns are read-only arrays; every operation returns a new value. Optional colu
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from conclave.errors import InvalidCandlesError
+from conclave.slots import slot_setters
 from conclave.timeframes import Timeframe
 
 F64 = npt.NDArray[np.float64]
@@ -222,7 +223,7 @@ _new_candles = object.__new__
 (
     _c_symbol, _c_timeframe, _c_open_time, _c_open, _c_high, _c_low, _c_close, _c_volume,
     _c_taker_buy_volume, _c_trades, _c_source, _c_simulated,
-) = (Candles.__dict__[f.name].__set__ for f in fields(Candles))  # fmt: skip
+) = slot_setters(Candles)  # fmt: skip
 
 
 def concat(parts: Sequence[Candles]) -> Candles:

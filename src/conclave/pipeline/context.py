@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -34,6 +34,7 @@ from conclave.market.candles import Candles
 from conclave.market.gateway import MarketSnapshot
 from conclave.market.validation import FillReport, fill_window
 from conclave.news.headline import Headline
+from conclave.slots import slot_setters
 from conclave.timeframes import Timeframe
 
 StepStatus = Literal["ok", "no_data", "insufficient_data", "stale_data", "error", "timeout"]
@@ -357,4 +358,4 @@ class StepResult:
 (
     _sr_agent, _sr_status, _sr_score, _sr_confidence, _sr_payload, _sr_duration_ms,
     _sr_version, _sr_timestamp, _sr_as_of, _sr_error,
-) = (StepResult.__dict__[f.name].__set__ for f in fields(StepResult))  # fmt: skip
+) = slot_setters(StepResult)  # fmt: skip
